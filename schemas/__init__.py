@@ -1,0 +1,1 @@
+"""The wire contract of the Glassbox API (pydantic only: importable without torch)."""

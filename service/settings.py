@@ -1,0 +1,92 @@
+"""One settings class for the whole service: env vars with the ``GLASSBOX_`` prefix, validated at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "glassbox"
+
+
+class Settings(BaseSettings):
+    """Everything configurable. Read once in the app factory; nothing reads env vars at import time."""
+
+    model_config = SettingsConfigDict(env_prefix="GLASSBOX_", env_file=None, extra="ignore")
+
+    # --- models ---
+    models: str = Field(
+        DEFAULT_MODEL,
+        description="Comma-separated models to load; the first is the default. Each item is a built-in "
+        "alias, a Hugging Face id or a local folder, optionally named: `name=source`.",
+    )
+    device: str = Field("auto", description="`auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype; `auto` is float32 on CPU and bfloat16 on CUDA."
+    )
+    cache_dir: Path = Field(
+        default_factory=_default_cache_dir, description="Converted model weights live here."
+    )
+    offline: bool = Field(False, description="Never contact a model hub (HF_HUB_OFFLINE=1 also does).")
+    trust_remote_code: bool = Field(False, description="Allow custom model code from a hub repository.")
+    max_context: int | None = Field(
+        None, ge=16, description="Token limit for prompt + new tokens (default: the model's own)."
+    )
+    warmup: bool = Field(True, description="Run a warm-up forward pass before reporting ready.")
+
+    # --- request limits ---
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies get 413.")
+    max_new_tokens_limit: int = Field(1024, ge=1, description="Upper bound on `max_new_tokens`.")
+    max_prompt_tokens: int = Field(8192, ge=1, description="Upper bound on prompt tokens.")
+
+    # --- server ---
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # --- cache (owned by the cache work; add cache fields here) ---
+    redis_url: str | None = Field(
+        None,
+        description="redis://, rediss:// (TLS, auth in the URL), redis+sentinel://host:port/service_name "
+        "or redis+cluster://host:port. Unset: an in-process bounded cache.",
+    )
+    cache_enabled: bool = Field(True, description="Turn the response cache off entirely.")
+    cache_ttl_s: int = Field(86_400, ge=1, description="Time to live of cached responses.")
+    cache_ttl_jitter: float = Field(0.1, ge=0, le=1, description="TTL is randomised by up to this fraction.")
+    cache_max_value_bytes: int = Field(8_000_000, ge=1024, description="Larger values are not stored.")
+    cache_memory_max_bytes: int = Field(256_000_000, ge=0, description="In-process cache size bound.")
+    redis_timeout_s: float = Field(0.05, gt=0, le=5, description="Socket and connect timeout for Redis.")
+    cache_breaker_threshold: int = Field(5, ge=1, description="Consecutive Redis errors that open the breaker.")
+    cache_breaker_reset_s: float = Field(5.0, gt=0, description="How long the breaker stays open.")
+    cache_lock_lease_s: float = Field(60.0, gt=0, description="Cross-replica single-flight lock lease.")
+
+    @field_validator("models")
+    @classmethod
+    def _models_not_empty(cls, value: str) -> str:
+        if not [item for item in value.split(",") if item.strip()]:
+            raise ValueError("GLASSBOX_MODELS must name at least one model")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device_known(cls, value: str) -> str:
+        if value not in ("auto", "cpu", "cuda", "mps") and not value.startswith("cuda:"):
+            raise ValueError(f"unknown device {value!r}; use auto, cpu, cuda or cuda:N")
+        return value
+
+    def model_specs(self) -> list[tuple[str, str]]:
+        """(public name, source) pairs, in order; the first is the default model."""
+        specs: list[tuple[str, str]] = []
+        for raw in self.models.split(","):
+            item = raw.strip()
+            if not item:
+                continue
+            name, _, source = item.partition("=") if "=" in item else (item, "", item)
+            specs.append((name.strip(), source.strip()))
+        return specs
