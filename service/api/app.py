@@ -1,0 +1,49 @@
+"""The app factory. The lifespan owns the heavy things: it starts model loading and closes it all."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from service.api.body_limit import BodySizeLimit
+from service.api.errors import install_error_handlers
+from service.api.routes import generate, health
+from service.models.registry import ModelRegistry
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Generation with per-token logprobs, and explanations (attention, attributions) of what the model said.
+Every error has the body `{"error": {"message", "type", "param", "code"}}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. Nothing heavy happens here: models load in the lifespan, in the background."""
+    settings = settings or Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry = ModelRegistry(settings)
+        app.state.registry = registry
+        loading = asyncio.create_task(registry.load_all(), name="load-models")
+        try:
+            yield
+        finally:
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loading
+            registry.close()
+
+    app = FastAPI(title="Glassbox", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(generate.router)
+    return app

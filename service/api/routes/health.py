@@ -1,0 +1,76 @@
+"""Probes and model listing. ``/healthz`` never touches a model; ``/readyz`` is 200 only when warm."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+
+from schemas.common import ErrorBody, ModelInfo
+from service.api.deps import get_registry
+from service.errors import ModelNotReady
+from service.models.registry import ModelRegistry
+
+router = APIRouter()
+
+
+class Status(BaseModel):
+    status: str
+
+
+@router.get("/healthz", response_model=Status, tags=["probes"])
+async def healthz() -> Status:
+    """Liveness: the process answers."""
+    return Status(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=Status,
+    tags=["probes"],
+    responses={503: {"model": ErrorBody, "description": "Loading, failed to load, or draining."}},
+)
+async def readyz(registry: Annotated[ModelRegistry, Depends(get_registry)]) -> Status:
+    """Readiness: every configured model is loaded and warmed up."""
+    for slot in registry.slots:
+        if slot.model is None:
+            registry.get(slot.name)  # raises the precise not-ready error
+    if not registry.ready:
+        raise ModelNotReady("models are not ready")
+    return Status(status="ready")
+
+
+@router.get("/models", response_model=list[ModelInfo], tags=["models"])
+async def models(registry: Annotated[ModelRegistry, Depends(get_registry)]) -> list[ModelInfo]:
+    """Configured models, with their config and whether each is ready."""
+    infos = []
+    for slot in registry.slots:
+        lm = slot.model
+        if lm is None:
+            continue
+        config = lm.model.config
+        infos.append(
+            ModelInfo(
+                id=lm.name,
+                source=lm.source,
+                revision=lm.revision,
+                device=str(lm.device),
+                dtype=str(lm.dtype).removeprefix("torch."),
+                max_context=lm.max_context,
+                vocab_size=int(config.vocab_size),
+                num_layers=int(config.num_hidden_layers),
+                num_heads=int(config.num_attention_heads),
+                chat_template=lm.has_chat_template,
+                ready=True,
+                default=slot.name == registry.default_name,
+            )
+        )
+    return infos
+
+
+@router.get("/metrics", tags=["probes"], response_class=Response)
+async def metrics() -> Response:
+    """Prometheus text exposition."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
