@@ -17,6 +17,7 @@ from service.engine.prompt import build_prompt
 from service.engine.sampling import SamplingParams, filter_logits
 from service.errors import InvalidRequest
 from service.models.loaded import LoadedModel
+from tests.support.tiny_model import CHATML
 
 
 def test_schemas_import_without_torch() -> None:
@@ -169,3 +170,23 @@ def test_generate_cancel_stops_at_next_token(tiny_lm: LoadedModel) -> None:
         cancelled=lambda: len(count) >= 3,
     )
     assert out.finish_reason == "cancelled" and len(out.tokens) == 3
+
+
+def test_prompt_chat_injected_system_text_belongs_to_no_message(tiny_lm: LoadedModel) -> None:
+    tokenizer = tiny_lm.tokenizer
+    saved = tokenizer.chat_template
+    tokenizer.chat_template = (
+        "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are helpful.<|im_end|>\n{% endif %}"
+        + CHATML
+    )
+    try:
+        prompt = build_prompt(tokenizer, messages=[ChatMessage(role="user", content="hello world")])
+    finally:
+        tokenizer.chat_template = saved
+    injected = prompt.text.index("You are helpful.")
+    header = prompt.text.index("<|im_start|>user")
+    for k, (start, _) in enumerate(prompt.offsets):
+        if start < header:
+            assert prompt.message_index[k] is None and prompt.template[k], (k, start, injected)
+        elif start < prompt.messages[0][1]:
+            assert prompt.message_index[k] == 0

@@ -59,29 +59,50 @@ def _render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[ChatMessage],
     return str(rendered)
 
 
+def _header_start(tokenizer: PreTrainedTokenizerBase, text: str, role: str, lo: int, content_start: int) -> int:
+    """Where a message's own header begins: at its role name, extended back over special tokens before it.
+
+    Text in the block before that (e.g. a default system prompt the template injects) belongs to no message.
+    """
+    at = text.rfind(role, lo, content_start)
+    if at < 0:
+        return lo
+    specials = [t for t in tokenizer.all_special_tokens if t]
+    moved = True
+    while moved:
+        moved = False
+        for special in specials:
+            if at - len(special) >= lo and text.startswith(special, at - len(special)):
+                at -= len(special)
+                moved = True
+    return at
+
+
 def _content_spans(
     tokenizer: PreTrainedTokenizerBase, messages: Sequence[ChatMessage], text: str
-) -> tuple[list[tuple[int, int]], list[int]]:
-    """Each message's content span and block end (where the next message's template text begins).
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Each message's content span and its block (header start, end of its trailing template text).
 
     Blocks come from rendering growing prefixes of the conversation, which chat templates keep stable;
     contents are searched for inside their block.
     """
     spans: list[tuple[int, int]] = []
-    block_ends: list[int] = []
+    blocks: list[tuple[int, int]] = []
     cursor = 0
     for i, message in enumerate(messages):
         prefix = _render(tokenizer, messages[: i + 1], generation=False)
         block_end = len(prefix) if text.startswith(prefix) else len(text)
         start = text.find(message.content, cursor, block_end) if message.content else -1
         if start < 0:
-            start = cursor
-            spans.append((start, start))
+            spans.append((cursor, cursor))
+            header = cursor
         else:
             spans.append((start, start + len(message.content)))
+            header = _header_start(tokenizer, text, message.role, cursor, start)
         cursor = max(spans[-1][1], cursor)
-        block_ends.append(max(block_end, cursor))
-    return spans, block_ends
+        blocks.append((header, max(block_end, cursor)))
+        cursor = max(cursor, block_end)
+    return spans, blocks
 
 
 def build_prompt(
@@ -103,12 +124,12 @@ def build_prompt(
         raise InvalidRequest("this model has no chat template; send `prompt` instead", param="messages")
     text = _render(tokenizer, messages, generation=True)
     ids, offsets = _tokenize(tokenizer, text, add_special=False)
-    spans, block_ends = _content_spans(tokenizer, messages, text)
+    spans, blocks = _content_spans(tokenizer, messages, text)
     index: list[int | None] = []
     roles: list[str | None] = []
     template: list[bool] = []
     for start, end in offsets:
-        owner = next((m for m, block_end in enumerate(block_ends) if start < block_end), None)
+        owner = next((m for m, (lo, hi) in enumerate(blocks) if lo <= start < hi), None)
         index.append(owner)
         roles.append(messages[owner].role if owner is not None else None)
         inside = owner is not None and start < spans[owner][1] and end > spans[owner][0]
