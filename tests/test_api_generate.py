@@ -58,7 +58,7 @@ def test_generate_prompt_offsets_index_the_prompt(app_client: TestClient) -> Non
     body = app_client.post("/generate", json={"prompt": prompt, "max_new_tokens": 4}).json()
     for token in body["prompt_tokens"]:
         assert prompt[token["offset"] : token["offset"] + len(token["text"])] == token["text"]
-        assert token["message_index"] is None and token["template"] is None
+        assert "message_index" not in token and "template" not in token  # raw prompt: no chat fields
 
 
 def test_generate_same_seed_same_output(app_client: TestClient) -> None:
@@ -70,7 +70,7 @@ def test_generate_same_seed_same_output(app_client: TestClient) -> None:
 
 def test_generate_without_logprobs_omits_them(app_client: TestClient) -> None:
     body = app_client.post("/generate", json={"prompt": "Hi", "max_new_tokens": 3, "logprobs": False}).json()
-    assert all(t["logprob"] is None and t["top_logprobs"] is None for t in body["tokens"])
+    assert body["tokens"] and all("logprob" not in t and "top_logprobs" not in t for t in body["tokens"])
 
 
 def test_generate_stream_events_then_done(app_client: TestClient) -> None:

@@ -32,7 +32,12 @@ _STREAM_DOC = {
 }
 
 
-@router.post("/generate", response_model=GenerateResponse, responses={**ERROR_RESPONSES, 200: _STREAM_DOC})
+@router.post(
+    "/generate",
+    response_model=GenerateResponse,
+    response_model_exclude_none=True,
+    responses={**ERROR_RESPONSES, 200: _STREAM_DOC},
+)
 async def generate(
     req: GenerateRequest,
     registry: Annotated[ModelRegistry, Depends(get_registry)],
@@ -66,14 +71,14 @@ async def _stream(registry: ModelRegistry, settings: Settings, req: GenerateRequ
                     break
                 event = TokenEvent(index=index, token=generated_token(lm, getter.result(), logprobs=req.logprobs))
                 index += 1
-                yield {"event": "token", "data": event.model_dump_json()}
+                yield {"event": "token", "data": event.model_dump_json(exclude_none=True)}
             while not queue.empty():  # tokens scheduled before the loop finished
                 event = TokenEvent(index=index, token=generated_token(lm, queue.get_nowait(), logprobs=req.logprobs))
                 index += 1
-                yield {"event": "token", "data": event.model_dump_json()}
+                yield {"event": "token", "data": event.model_dump_json(exclude_none=True)}
             output, queue_s = task.result()
             response = build_response(lm, prompt, req, output, tokenize_s=tokenize_s, queue_s=queue_s)
-            yield {"event": "done", "data": response.model_dump_json()}
+            yield {"event": "done", "data": response.model_dump_json(exclude_none=True)}
         except GlassboxError as exc:
             yield {"event": "error", "data": ErrorBody.model_validate(error_body(exc)).model_dump_json()}
         except Exception:
