@@ -1,0 +1,135 @@
+"""Cost of a request, estimated before any model time is spent, and chunk sizes that fit the memory budget.
+
+Work is counted in token passes (one token through the model, forward or backward: the two cost about the
+same when only input gradients are computed). Memory is a coarse activation model, calibrated on
+SmolLM2-135M on CPU; it errs high.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PretrainedConfig
+
+from service.errors import BudgetExceeded
+from service.explain.task import Chunks
+
+MAX_CHUNK = 16
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    layers: int
+    heads: int
+    hidden: int
+    intermediate: int
+    vocab: int
+    elem: int  # bytes per activation element
+
+    @classmethod
+    def of(cls, config: PretrainedConfig, elem: int = 4) -> ModelDims:
+        hidden = int(getattr(config, "hidden_size", 768))
+        return cls(
+            layers=int(getattr(config, "num_hidden_layers", 12)),
+            heads=int(getattr(config, "num_attention_heads", 12)),
+            hidden=hidden,
+            intermediate=int(getattr(config, "intermediate_size", None) or 4 * hidden),
+            vocab=int(getattr(config, "vocab_size", 32_000)),
+            elem=elem,
+        )
+
+    def graph_bytes(self, batch: int, seq: int, kept: int, eager: bool) -> int:
+        """Activations a forward keeps for backward, plus the kept logits (float32, with softmax)."""
+        per_token = self.layers * (16 * self.hidden + 5 * self.intermediate) * self.elem
+        attention = self.layers * self.heads * seq * seq * self.elem * (3 if eager else 1)
+        return batch * (seq * per_token + attention + kept * self.vocab * 4 * 3)
+
+    def backward_bytes(self, vectors: int, batch: int, seq: int, kept: int) -> int:
+        """Transient memory of one batched backward pass over ``vectors`` output weightings."""
+        per_token = (8 * self.hidden + 3 * self.intermediate) * self.elem
+        attention = 2 * self.heads * seq * seq * self.elem
+        return vectors * batch * (seq * per_token + attention + kept * self.vocab * 4 * 2 + seq * self.hidden * 4)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Sizes known before running."""
+
+    seq_len: int
+    answer_len: int
+    rows: int
+    span_len: int
+    sequence_sources: int
+    units: int
+    sequence_units: int
+    contrast_len: int  # 0 without a sequence-scope contrast
+    tokens_scope: bool
+    sequence_scope: bool
+
+    @property
+    def contrast_seq_len(self) -> int:
+        return self.sequence_sources + self.contrast_len
+
+
+@dataclass
+class Cost:
+    work: int = 0
+    memory: int = 0
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.work + other.work, max(self.memory, other.memory))
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_work: int
+    memory_bytes: int
+
+
+def _fit(budget: int, fixed: int, per_item: int, cap: int) -> int:
+    if per_item <= 0:
+        return cap
+    return max(0, min(cap, (budget - fixed) // per_item))
+
+
+def plan_chunks(shape: Shape, dims: ModelDims, memory_bytes: int, *, eager: bool, ig: bool) -> Chunks:
+    """The largest chunks (up to 16) that keep the estimated peak under the budget; 0 means nothing fits."""
+    seq, kept = shape.seq_len, shape.answer_len
+    graph = dims.graph_bytes(1, seq, kept, eager)
+    targets = _fit(memory_bytes, graph, dims.backward_bytes(1, 1, seq, kept), MAX_CHUNK)
+    steps = MAX_CHUNK
+    if ig:
+        # half the budget to the interpolated batch, half to its backward passes
+        per_step = dims.graph_bytes(1, seq, shape.rows, False) + dims.backward_bytes(1, 1, seq, shape.rows)
+        steps = _fit(memory_bytes, 0, per_step, MAX_CHUNK)
+    sequences = _fit(memory_bytes, 0, dims.graph_bytes(1, seq, kept, False) // 4, MAX_CHUNK)
+    return Chunks(targets=targets, steps=steps, sequences=sequences)
+
+
+def forward_cost(shape: Shape, dims: ModelDims, *, gradients: bool, eager: bool) -> Cost:
+    kept = shape.answer_len
+    memory = (
+        dims.graph_bytes(1, shape.seq_len, kept, eager)
+        if gradients
+        else dims.graph_bytes(1, shape.seq_len, kept, eager) // 4
+    )
+    return Cost(work=shape.seq_len, memory=memory)
+
+
+def check(cost: Cost, limits: Limits, chunks: Chunks, *, needs_targets: bool, needs_steps: bool) -> None:
+    """Refuse before running: the message names the limit and by how much the request is over it."""
+    if cost.work > limits.max_work:
+        raise BudgetExceeded(
+            f"this explanation is estimated at {cost.work:,} token passes, {cost.work / limits.max_work:.1f}× "
+            f"the server's limit of {limits.max_work:,} (explain_max_work); explain fewer tokens, use fewer "
+            "steps or methods, or coarser occlusion units",
+            param="methods",
+            code="explain_max_work",
+        )
+    if (needs_targets and chunks.targets < 1) or (needs_steps and chunks.steps < 1) or chunks.sequences < 1:
+        raise BudgetExceeded(
+            f"this explanation needs about {cost.memory / 2**20:,.0f} MiB of activations, over the server's "
+            f"budget of {limits.memory_bytes / 2**20:,.0f} MiB (explain_memory_mb); use a shorter prompt or answer",
+            param="prompt",
+            code="explain_memory_mb",
+        )

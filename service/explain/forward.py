@@ -1,0 +1,71 @@
+"""Model calls on input embeddings, keeping logits only where a target is predicted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+
+def embedding_weight(model: PreTrainedModel) -> torch.Tensor:
+    weight = model.get_input_embeddings().weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
+def embed_batch(model: PreTrainedModel, ids: torch.Tensor) -> torch.Tensor:
+    """Embeddings of an id tensor, detached: attribution is at the embedding layer's output, like Captum's."""
+    with torch.no_grad():
+        out = model.get_input_embeddings()(ids)
+    assert isinstance(out, torch.Tensor)
+    return out.detach()
+
+
+def embed(model: PreTrainedModel, ids: list[int] | tuple[int, ...]) -> torch.Tensor:
+    """Input embeddings [T, d]."""
+    return embed_batch(model, torch.tensor(list(ids), device=embedding_weight(model).device))
+
+
+@dataclass
+class Outputs:
+    logits: torch.Tensor  # [B, n, V] at the kept positions
+    attentions: tuple[torch.Tensor, ...] | None  # per layer [B, H, T, T]
+
+
+def run(model: PreTrainedModel, embeds: torch.Tensor, keep: torch.Tensor, *, attentions: bool = False) -> Outputs:
+    """One forward over [B, T, d] embeddings; ``keep`` is [n] positions or [B, n] per-row positions."""
+    out = model(inputs_embeds=embeds, logits_to_keep=keep, output_attentions=attentions, use_cache=False)
+    atts = tuple(out.attentions) if attentions else None
+    if attentions and (atts is None or len(atts) == 0 or atts[0] is None):
+        raise RuntimeError("the model returned no attention weights")
+    return Outputs(out.logits, atts)
+
+
+def predicting(positions: list[int] | tuple[int, ...] | range, device: torch.device) -> torch.Tensor:
+    """Positions whose logits predict the tokens at ``positions``."""
+    return torch.tensor([p - 1 for p in positions], device=device, dtype=torch.long)
+
+
+def batched_input_grads(
+    outputs: torch.Tensor, leaf: torch.Tensor, vectors: torch.Tensor, *, keep_graph: bool = True
+) -> torch.Tensor:
+    """Vector-Jacobian products for several output weightings at once: [c, *leaf.shape].
+
+    One reverse pass per vector would repeat the graph traversal; ``is_grads_batched`` vmaps it.
+    """
+    if vectors.shape[0] == 1:
+        (grad,) = torch.autograd.grad(outputs, leaf, vectors[0], retain_graph=keep_graph)
+        return grad.unsqueeze(0)
+    (grad,) = torch.autograd.grad(outputs, leaf, vectors, retain_graph=keep_graph, is_grads_batched=True)
+    return grad
+
+
+def one_hot_rows(
+    rows: range, count: int, batch: int, weights: torch.Tensor | None, device: torch.device
+) -> torch.Tensor:
+    """[len(rows), batch, count] grad_outputs selecting one output column each (weighted per batch row)."""
+    vectors = torch.zeros(len(rows), batch, count, device=device)
+    for i, row in enumerate(rows):
+        vectors[i, :, row] = 1.0 if weights is None else weights
+    return vectors

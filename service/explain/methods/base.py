@@ -1,0 +1,67 @@
+"""The method contract and the registry: adding a method means adding one module that registers itself."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+from transformers import PretrainedConfig
+
+from service.errors import InvalidRequest
+from service.explain.context import Context
+from service.explain.cost import Cost, ModelDims, Shape
+
+
+@dataclass
+class MethodOutput:
+    """Scores over positions (or over units when ``over_units``), with named leading axes."""
+
+    tokens: np.ndarray | None  # [*lead, rows, positions|units]
+    sequence: np.ndarray | None  # [*lead, sequence positions|units]
+    lead_dims: tuple[str, ...] = ()
+    over_units: bool = False
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(ABC):
+    name: ClassVar[str]
+    #: Needs attention weights from the shared forward (eager attention).
+    needs_attention: ClassVar[bool] = False
+    #: Needs gradients of the shared forward (saliency and input × gradient share them).
+    needs_gradients: ClassVar[bool] = False
+
+    def validate(self, config: PretrainedConfig, options: Any) -> None:  # noqa: B027 (an optional hook)
+        """Check options against the model (e.g. layer indices); raise InvalidRequest."""
+
+    def params(self, options: Any) -> dict[str, Any]:
+        return options.model_dump() if options is not None else {}
+
+    @abstractmethod
+    def cost(self, shape: Shape, dims: ModelDims, options: Any) -> Cost:
+        """Work and memory beyond the shared forward, before anything runs."""
+
+    @abstractmethod
+    def run(self, ctx: Context, options: Any) -> MethodOutput: ...
+
+
+_REGISTRY: dict[str, Method] = {}
+M = TypeVar("M", bound=type[Method])
+
+
+def register(cls: M) -> M:
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def get(name: str) -> Method:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        valid = ", ".join(sorted(_REGISTRY))
+        raise InvalidRequest(f"unknown method {name!r}; valid methods: {valid}", param="methods") from None

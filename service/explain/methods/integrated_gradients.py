@@ -1,0 +1,139 @@
+"""Integrated gradients (Sundararajan et al., 2017) on the input embeddings, sharing work across targets.
+
+With teacher forcing, one forward over a batch of interpolated sequences gives every target's output at
+every step; each target then needs one (batched) backward per step chunk, weighted by the quadrature.
+Tokens scope interpolates every scored source (template and special tokens stay at their real embedding),
+so each row satisfies completeness: its scores sum to f(input) − f(baseline). Sequence scope interpolates
+only the sources before the span, keeping the span itself fixed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from schemas.explain import IntegratedGradientsOptions
+from service.explain import forward as fw
+from service.explain.context import Context
+from service.explain.cost import Cost, ModelDims, Shape
+from service.explain.methods.base import Method, MethodOutput, register
+
+
+def quadrature(rule: str, n: int) -> tuple[list[float], list[float]]:
+    """(alphas, weights) on [0, 1], the same as Captum's rules of the same name."""
+    if rule == "gausslegendre":
+        points, weights = np.polynomial.legendre.leggauss(n)
+        return (0.5 * (1 + points)).tolist(), (0.5 * weights).tolist()
+    if rule == "riemann_trapezoid":
+        alphas = torch.linspace(0, 1, n).tolist()
+        steps = [1 / n] * n
+        steps[0] /= 2
+        steps[-1] /= 2
+        return alphas, steps
+    if rule == "riemann_middle":
+        return torch.linspace(1 / (2 * n), 1 - 1 / (2 * n), n).tolist(), [1 / n] * n
+    raise ValueError(f"unknown quadrature rule {rule!r}")
+
+
+def baseline_vector(ctx: Context, kind: str) -> torch.Tensor:
+    weight = fw.embedding_weight(ctx.model)
+    if kind == "zero":
+        return torch.zeros(weight.shape[1], dtype=weight.dtype, device=weight.device)
+    if kind == "mean":
+        return weight.detach().mean(0)
+    pad = ctx.task.pad_id if ctx.task.pad_id is not None else 0
+    return weight.detach()[pad]
+
+
+def _path(x: torch.Tensor, mask: list[bool], baseline: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(start, delta): the path is start + alpha * delta; unmasked positions stay at their embedding."""
+    keep = torch.tensor(mask, device=x.device).unsqueeze(-1)
+    delta = torch.where(keep, x - baseline, torch.zeros_like(x))
+    return x - delta, delta
+
+
+def _steps(alphas: list[float], weights: list[float], size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    chunks = []
+    for i in range(0, len(alphas), size):
+        chunks.append((torch.tensor(alphas[i : i + size]), torch.tensor(weights[i : i + size])))
+    return chunks
+
+
+def tokens_ig(ctx: Context, opts: IntegratedGradientsOptions) -> torch.Tensor:
+    """[R, T]: per row, integrated gradients over all scored sources."""
+    task = ctx.task
+    x = ctx.embeddings
+    start, delta = _path(x, list(task.included), baseline_vector(ctx, opts.baseline))
+    alphas, weights = quadrature(opts.rule, opts.n_steps)
+    count = len(task.rows)
+    total = torch.zeros(count, task.seq_len, dtype=torch.float64)
+    keep = fw.predicting(task.rows, ctx.device)
+    for alpha, weight in _steps(alphas, weights, task.chunks.steps):
+        alpha = alpha.to(device=x.device, dtype=x.dtype).view(-1, 1, 1)
+        leaf = (start + alpha * delta).requires_grad_(True)  # [k, T, d]
+        scores = ctx.row_scores(fw.run(ctx.model, leaf, keep).logits)  # [k, R]
+        for first in range(0, count, task.chunks.targets):
+            chunk = range(first, min(count, first + task.chunks.targets))
+            vectors = fw.one_hot_rows(chunk, count, leaf.shape[0], weight.to(x.device), ctx.device)
+            grads = fw.batched_input_grads(scores, leaf, vectors, keep_graph=chunk.stop < count)
+            total[chunk.start : chunk.stop] += (grads.sum(1) * delta).sum(-1).double().cpu()
+        del scores, leaf
+    return total.float()
+
+
+def sequence_ig(ctx: Context, opts: IntegratedGradientsOptions) -> torch.Tensor:
+    """[S]: integrated gradients of the span's function over the sources before it (minus the contrast's)."""
+    task = ctx.task
+    sources = task.sequence_sources
+    x = ctx.embeddings
+    mask = [inc and p < sources for p, inc in enumerate(task.included)]
+    baseline = baseline_vector(ctx, opts.baseline)
+    start, delta = _path(x, mask, baseline)
+    alphas, weights = quadrature(opts.rule, opts.n_steps)
+    total = torch.zeros(sources, dtype=torch.float64)
+    span_keep = fw.predicting(range(*task.span), ctx.device)
+    contrast = task.contrast_sequence
+    if contrast is not None:
+        x2 = fw.embed(ctx.model, contrast)
+        start2, delta2 = _path(x2, mask[:sources] + [False] * (len(contrast) - sources), baseline)
+    for alpha, weight in _steps(alphas, weights, task.chunks.steps):
+        alpha = alpha.to(device=x.device, dtype=x.dtype).view(-1, 1, 1)
+        weight = weight.to(x.device)
+        leaf = (start + alpha * delta).requires_grad_(True)
+        score = ctx.span_score(fw.run(ctx.model, leaf, span_keep).logits)  # [k]
+        (grad,) = torch.autograd.grad(score, leaf, weight)
+        total += (grad.sum(0)[:sources] * delta[:sources]).sum(-1).double().cpu()
+        if contrast is not None:
+            leaf2 = (start2 + alpha * delta2).requires_grad_(True)
+            (grad2,) = torch.autograd.grad(ctx.contrast_score(leaf2), leaf2, weight)
+            total -= (grad2.sum(0)[:sources] * delta2[:sources]).sum(-1).double().cpu()
+    return total.float()
+
+
+@register
+class IntegratedGradients(Method):
+    name = "integrated_gradients"
+
+    def cost(self, shape: Shape, dims: ModelDims, options: Any) -> Cost:
+        opts: IntegratedGradientsOptions = options
+        work = 0
+        if shape.tokens_scope:
+            work += opts.n_steps * shape.seq_len * (1 + shape.rows)
+        if shape.sequence_scope:
+            work += opts.n_steps * 2 * (shape.seq_len + (shape.contrast_seq_len if shape.contrast_len else 0))
+        memory = dims.graph_bytes(1, shape.seq_len, shape.rows, False) + dims.backward_bytes(
+            1, 1, shape.seq_len, shape.rows
+        )
+        return Cost(work=work, memory=memory)
+
+    def run(self, ctx: Context, options: Any) -> MethodOutput:
+        opts: IntegratedGradientsOptions = options
+        tokens = tokens_ig(ctx, opts) if "tokens" in ctx.task.scopes and ctx.task.rows else None
+        sequence = sequence_ig(ctx, opts) if "sequence" in ctx.task.scopes else None
+        return MethodOutput(
+            tokens=None if tokens is None else tokens.numpy(),
+            sequence=None if sequence is None else sequence.numpy(),
+            params={**opts.model_dump(), "layer": "input embeddings"},
+        )

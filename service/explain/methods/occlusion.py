@@ -1,0 +1,109 @@
+"""Occlusion: remove one source unit (token, word, sentence, message or segment), re-run, measure the drop.
+
+Each occluded sequence is one forward that gives every target's new value at once (teacher forcing).
+Sequences are batched right-padded: with causal attention, padding after a row's end cannot reach it.
+Scores are f(input) − f(input without the unit): positive means the unit supports the target.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.explain import forward as fw
+from service.explain.context import Context
+from service.explain.cost import Cost, ModelDims, Shape
+from service.explain.methods.base import Method, MethodOutput, register
+from service.explain.objective import sequence_score, token_scores
+
+
+def _batch(model_device: torch.device, seqs: list[list[int]]) -> torch.Tensor:
+    longest = max(len(s) for s in seqs)
+    return torch.tensor([s + [s[-1]] * (longest - len(s)) for s in seqs], device=model_device)
+
+
+def _occluded(
+    ctx: Context, seq: tuple[int, ...], units: list[tuple[int, ...]], targets: list[int], *, span: bool
+) -> torch.Tensor:
+    """The function with each unit removed: [U, n] per target, or [U] for the span (span mode).
+
+    A target at or before a unit's end gets a meaningless value: callers mask it.
+    """
+    device = ctx.device
+    ids = torch.tensor([seq[t] for t in targets], device=device)
+    results = []
+    for first in range(0, len(units), ctx.task.chunks.sequences):
+        chunk = units[first : first + ctx.task.chunks.sequences]
+        seqs, keep = [], []
+        for unit in chunk:
+            drop = set(unit)
+            seqs.append([tok for p, tok in enumerate(seq) if p not in drop])
+            keep.append([max(0, t - len(unit) - 1) for t in targets])
+        with torch.no_grad():
+            logits = fw.run(
+                ctx.model, fw.embed_batch(ctx.model, _batch(device, seqs)), torch.tensor(keep, device=device)
+            ).logits
+            if span:
+                results.append(sequence_score(logits, ids, ctx.task.function))
+            else:
+                results.append(token_scores(logits, ids, ctx.task.function, ctx.foils()))
+    return torch.cat(results)
+
+
+def tokens_occlusion(ctx: Context) -> np.ndarray:
+    """[R, U]: a unit is scored only against the rows entirely after it (others are 0)."""
+    task = ctx.task
+    rows = list(task.rows)
+    base = ctx.forward.row_scores.detach()[0].cpu()  # [R]
+    out = np.zeros((len(rows), len(task.units)), dtype=np.float32)
+    scored = [u for u, unit in enumerate(task.units) if unit and max(unit) < rows[-1]]
+    if not scored:
+        return out
+    occluded = _occluded(ctx, task.ids, [task.units[u] for u in scored], rows, span=False).cpu()
+    after = torch.tensor(rows).view(1, -1) > torch.tensor([max(task.units[u]) for u in scored]).view(-1, 1)
+    drops = torch.where(after, base.view(1, -1) - occluded, torch.zeros_like(occluded))  # [U', R]
+    out[:, scored] = drops.T.float().numpy()
+    return out
+
+
+def sequence_occlusion(ctx: Context) -> np.ndarray:
+    task = ctx.task
+    sources = task.sequence_sources
+    units = [unit for unit in task.units if unit and max(unit) < sources]
+    span = list(range(*task.span))
+    base = float(ctx.forward.span_score.detach()[0]) if ctx.forward.span_score is not None else 0.0
+    drops = base - _occluded(ctx, task.ids, units, span, span=True)
+    contrast = task.contrast_sequence
+    if contrast is not None:
+        positions = list(ctx.contrast_positions())
+        with torch.no_grad():
+            embeds = fw.embed(ctx.model, contrast).unsqueeze(0)
+            base2 = float(ctx.contrast_score(embeds)[0])
+        drops = drops - (base2 - _occluded(ctx, contrast, units, positions, span=True))
+    return drops.float().cpu().numpy()
+
+
+@register
+class Occlusion(Method):
+    name = "occlusion"
+
+    def cost(self, shape: Shape, dims: ModelDims, options: Any) -> Cost:
+        work = 0
+        if shape.tokens_scope:
+            work += shape.units * shape.seq_len
+        if shape.sequence_scope:
+            work += shape.sequence_units * (shape.seq_len + shape.contrast_seq_len * bool(shape.contrast_len))
+        return Cost(work=work, memory=dims.graph_bytes(1, shape.seq_len, shape.answer_len, False) // 4)
+
+    def run(self, ctx: Context, options: Any) -> MethodOutput:
+        task = ctx.task
+        tokens = tokens_occlusion(ctx) if "tokens" in task.scopes and task.rows else None
+        sequence = sequence_occlusion(ctx) if "sequence" in task.scopes else None
+        return MethodOutput(
+            tokens=tokens,
+            sequence=sequence,
+            over_units=True,
+            params={"occlude": "remove the unit", "units": "the requested granularity"},
+        )

@@ -1,0 +1,255 @@
+"""Request → engine task: positions, rows, span, contrast, units, chunk sizes, and the cost check that
+refuses over-budget work before any model time is spent."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
+
+from schemas.explain import ExplainOptions
+from service.engine.prompt import PromptTokens
+from service.errors import BudgetExceeded, InvalidRequest
+from service.explain import cost as costs
+from service.explain import methods as registry
+from service.explain.methods.attention import resolve
+from service.explain.methods.gradient import shared_gradient_cost
+from service.explain.task import Chunks, Task
+from service.explain.units import SourceToken, Unit, build_units, resolve_segments
+from service.settings import Settings
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The explained continuation (or the contrast): ids with char offsets in its own text."""
+
+    ids: list[int]
+    text: str
+    offsets: list[tuple[int, int]]
+    special: list[bool]
+
+    def token_text(self, i: int) -> str:
+        start, end = self.offsets[i]
+        return self.text[start:end]
+
+
+def tokenize_continuation(tokenizer: PreTrainedTokenizerBase, text: str, param: str) -> Answer:
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = [int(i) for i in enc["input_ids"]]
+    if not ids:
+        raise InvalidRequest(f"`{param}` produced no tokens", param=param)
+    special = set(tokenizer.all_special_ids)
+    return Answer(ids, text, [(int(s), int(e)) for s, e in enc["offset_mapping"]], [i in special for i in ids])
+
+
+def placeholder_answer(length: int) -> Answer:
+    """Worst case for estimates made before generating: one word per token."""
+    return Answer([0] * length, "x " * length, [(2 * i, 2 * i + 1) for i in range(length)], [False] * length)
+
+
+@dataclass
+class Plan:
+    task: Task
+    units: list[Unit]
+    sequence_units: int
+    rows: list[int]  # answer token indices of the rows
+    span: tuple[int, int]  # answer token indices
+    work: int
+    values: int
+
+
+def _span(options: ExplainOptions, answer_len: int) -> tuple[int, int]:
+    if options.target_span is None:
+        return 0, answer_len
+    start, end = options.target_span.start, options.target_span.end or answer_len
+    if start >= answer_len or end > answer_len:
+        raise InvalidRequest(
+            f"target_span [{start}, {end}) is outside the answer's {answer_len} tokens", param="target_span"
+        )
+    return start, end
+
+
+def _source_tokens(prompt: PromptTokens, answer: Answer, options: ExplainOptions) -> list[SourceToken]:
+    def scored(special: bool, template: bool) -> bool:
+        return (options.include_special or not special) and (options.include_template or not template)
+
+    tokens = []
+    for i in range(len(prompt)):
+        template = bool(prompt.template[i]) if prompt.is_chat else False
+        tokens.append(
+            SourceToken(
+                position=i,
+                kind="prompt",
+                index=i,
+                start=prompt.offsets[i][0],
+                end=prompt.offsets[i][1],
+                included=scored(prompt.special[i], template),
+                message_index=prompt.message_index[i] if prompt.is_chat else None,
+                role=prompt.role[i] if prompt.is_chat else None,
+            )
+        )
+    for j in range(len(answer.ids)):
+        start, end = answer.offsets[j]
+        tokens.append(SourceToken(len(prompt) + j, "answer", j, start, end, scored(answer.special[j], False)))
+    return tokens
+
+
+def _values(options: ExplainOptions, config: PretrainedConfig, rows: int, units: int, seq_units: int) -> int:
+    """Numbers the response will carry (for the output-size limit)."""
+    total = 0
+    for name in options.methods:
+        lead = 1
+        if name == "attention":
+            att = options.attention
+            if att.reduce_layers == "none":
+                lead *= len(resolve(att.layers, int(config.num_hidden_layers), "attention.layers"))
+            if att.reduce_heads == "none":
+                lead *= len(resolve(att.heads, int(config.num_attention_heads), "attention.heads"))
+        width = min(units, options.top_k) if options.top_k else units
+        seq_width = min(seq_units, options.top_k) if options.top_k else seq_units
+        if "tokens" in options.scope:
+            total += lead * rows * width * (2 if options.top_k else 1)
+        if "sequence" in options.scope:
+            total += lead * seq_width * (2 if options.top_k else 1)
+    return total
+
+
+def make_plan(
+    *,
+    prompt: PromptTokens,
+    answer: Answer,
+    contrast: Answer | None,
+    options: ExplainOptions,
+    config: PretrainedConfig,
+    settings: Settings,
+    prompt_token_text: Callable[[int], str],
+    pad_id: int | None,
+    max_context: int,
+) -> Plan:
+    """Validate against the model and the server's limits, estimate the cost, choose chunk sizes."""
+    length = len(prompt) + len(answer.ids)
+    if length > max_context:
+        raise InvalidRequest(
+            f"prompt ({len(prompt)}) + answer ({len(answer.ids)}) tokens = {length} exceed the model's context "
+            f"of {max_context}",
+            param="target",
+        )
+    if length > settings.explain_max_tokens:
+        raise BudgetExceeded(
+            f"prompt + answer is {length} tokens, {length - settings.explain_max_tokens} over the explain limit "
+            f"of {settings.explain_max_tokens} (explain_max_tokens)",
+            param="prompt",
+            code="explain_max_tokens",
+        )
+    span = _span(options, len(answer.ids))
+    if span[1] - span[0] > settings.explain_max_targets:
+        raise BudgetExceeded(
+            f"{span[1] - span[0]} target tokens to explain, {span[1] - span[0] - settings.explain_max_targets} "
+            f"over the limit of {settings.explain_max_targets} (explain_max_targets); use target_span",
+            param="target_span",
+            code="explain_max_targets",
+        )
+    ig = options.integrated_gradients
+    if "integrated_gradients" in options.methods and ig.n_steps > settings.explain_max_steps:
+        raise BudgetExceeded(
+            f"integrated_gradients.n_steps={ig.n_steps} is over the limit of {settings.explain_max_steps} "
+            "(explain_max_steps)",
+            param="integrated_gradients.n_steps",
+            code="explain_max_steps",
+        )
+    if options.granularity == "message" and not prompt.is_chat:
+        raise InvalidRequest("granularity `message` needs chat input (`messages`)", param="granularity")
+    segments = []
+    if options.segments is not None:
+        segments = resolve_segments(
+            options.segments, prompt_text=prompt.text, is_chat=prompt.is_chat, message_spans=prompt.messages
+        )
+    rows = list(range(*span))
+    foils = None
+    contrast_ids = None
+    if contrast is not None:
+        if "tokens" in options.scope:
+            rows = rows[: len(contrast.ids)]
+            foils = tuple(contrast.ids[: len(rows)])
+        contrast_ids = tuple(contrast.ids)
+    tokens = _source_tokens(prompt, answer, options)
+    p = len(prompt)
+
+    def token_text(tok: SourceToken) -> str:
+        return prompt_token_text(tok.index) if tok.kind == "prompt" else answer.token_text(tok.index)
+
+    units = build_units(
+        options.granularity,
+        tokens,
+        prompt_text=prompt.text,
+        answer_text=answer.text,
+        token_text=token_text,
+        span_start=p + span[0],
+        segments=segments,
+    )
+    if not any(u.kind == "prompt" for u in units):
+        raise InvalidRequest(
+            "nothing in the prompt to attribute to: every token is excluded (template or special tokens; "
+            "see include_template and include_special) or outside the segments",
+            param="granularity" if options.granularity == "segments" else "include_template",
+        )
+    sequence_units = sum(1 for u in units if max(u.positions) < p + span[0])
+    methods: dict[str, Any] = {name: getattr(options, name, None) for name in options.methods}
+    for name in options.methods:
+        registry.get(name).validate(config, methods[name])
+    shape = costs.Shape(
+        seq_len=length,
+        answer_len=len(answer.ids),
+        rows=len(rows),
+        span_len=span[1] - span[0],
+        sequence_sources=p + span[0],
+        units=len(units),
+        sequence_units=sequence_units,
+        contrast_len=len(contrast.ids) if contrast is not None and "sequence" in options.scope else 0,
+        tokens_scope="tokens" in options.scope,
+        sequence_scope="sequence" in options.scope,
+    )
+    dims = costs.ModelDims.of(config)
+    eager = any(registry.get(n).needs_attention for n in options.methods)
+    gradients = any(registry.get(n).needs_gradients for n in options.methods)
+    total = costs.forward_cost(shape, dims, gradients=gradients, eager=eager)
+    if gradients:
+        total = total + shared_gradient_cost(shape, dims)
+    for name in options.methods:
+        total = total + registry.get(name).cost(shape, dims, methods[name])
+    budget = settings.explain_memory_mb * 2**20
+    chunks = costs.plan_chunks(shape, dims, budget, eager=eager, ig="integrated_gradients" in options.methods)
+    costs.check(
+        total,
+        costs.Limits(settings.explain_max_work, budget),
+        chunks,
+        needs_targets=gradients,
+        needs_steps="integrated_gradients" in options.methods,
+    )
+    values = _values(options, config, len(rows), len(units), sequence_units)
+    if values > settings.explain_max_values:
+        raise BudgetExceeded(
+            f"the response would carry {values:,} numbers, {values / settings.explain_max_values:.1f}× the limit "
+            f"of {settings.explain_max_values:,} (explain_max_values); reduce attention over heads/layers, "
+            "use top_k or a coarser granularity",
+            param="methods",
+            code="explain_max_values",
+        )
+    task = Task(
+        ids=tuple(prompt.ids) + tuple(answer.ids),
+        prompt_len=p,
+        rows=tuple(p + r for r in rows),
+        span=(p + span[0], p + span[1]),
+        scopes=frozenset(options.scope),
+        function=options.function,
+        included=tuple(t.included for t in tokens),
+        units=tuple(u.positions for u in units),
+        foils=foils,
+        contrast_ids=contrast_ids if "sequence" in options.scope else None,
+        pad_id=pad_id,
+        methods=methods,
+        chunks=Chunks(targets=max(1, chunks.targets), steps=max(1, chunks.steps), sequences=max(1, chunks.sequences)),
+    )
+    return Plan(task, units, sequence_units, rows, span, total.work, values)

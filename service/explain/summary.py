@@ -1,0 +1,92 @@
+"""A one-sentence reading of the scores for a UI ("The answer rests mostly on ..."), never a model call."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.explain.units import Unit
+
+#: Which method speaks for the summary when several ran (most faithful first).
+PREFERENCE = ("integrated_gradients", "occlusion", "input_x_gradient", "saliency", "attention_rollout", "attention")
+LABELS = {
+    "integrated_gradients": "integrated gradients",
+    "occlusion": "occlusion",
+    "input_x_gradient": "input × gradient",
+    "saliency": "saliency",
+    "attention_rollout": "attention rollout",
+    "attention": "attention",
+}
+
+
+@dataclass
+class _Phrase:
+    units: list[int]
+    score: float
+
+
+def _phrases(scores: np.ndarray, units: Sequence[Unit], picked: list[int]) -> list[_Phrase]:
+    """Adjacent picked units of the same message merge into one phrase ('Gustave' + 'Eiffel')."""
+    phrases: list[_Phrase] = []
+    for u in sorted(picked):
+        last = phrases[-1] if phrases else None
+        if (
+            last is not None
+            and last.units[-1] == u - 1
+            and units[u].message_index == units[u - 1].message_index
+            and units[u].kind == units[u - 1].kind
+        ):
+            last.units.append(u)
+            last.score += float(scores[u])
+        else:
+            phrases.append(_Phrase([u], float(scores[u])))
+    return phrases
+
+
+def _text(phrase: _Phrase, units: Sequence[Unit], texts: dict[str, str]) -> str:
+    first, last = units[phrase.units[0]], units[phrase.units[-1]]
+    text = texts[first.kind][first.start : last.end] if last.end > first.start else first.text
+    text = " ".join(text.split()) or first.text.strip() or first.text
+    label = first.label if len(phrase.units) == 1 and first.label else None
+    return label if label is not None else (text if len(text) <= 60 else text[:57] + "...")
+
+
+def summarize(
+    method: str,
+    scores: np.ndarray,
+    units: Sequence[Unit],
+    *,
+    texts: dict[str, str],
+    chat: bool,
+    what: str = "The answer",
+) -> str:
+    """``scores`` is one value per unit (the sequence vector, or the rows summed)."""
+    if scores.size == 0 or not np.any(scores):
+        return f"{what} shows no measurable dependence on the input ({LABELS.get(method, method)})."
+    magnitude = np.abs(scores)
+    share = magnitude / magnitude.sum()
+    order = [int(i) for i in np.argsort(-magnitude) if share[i] >= 0.04][:3] or [int(np.argmax(magnitude))]
+    supporting = [i for i in order if scores[i] > 0] or ([] if method not in ("saliency",) else order)
+    against = [i for i in order if scores[i] < 0 and method != "saliency"]
+    parts = []
+    for phrase in sorted(_phrases(share * np.sign(scores), units, supporting), key=lambda p: -abs(p.score)):
+        where = ""
+        first = units[phrase.units[0]]
+        if chat and first.message_index is not None and first.kind == "prompt":
+            where = f" in message {first.message_index}" + (f" ({first.role})" if first.role else "")
+        elif first.kind == "answer":
+            where = " earlier in the answer"
+        parts.append(f"'{_text(phrase, units, texts)}' ({abs(phrase.score):.0%}){where}")
+    sentence = f"{what} rests mostly on " + _join(parts) if parts else f"{what} has no strong support in the input"
+    if against:
+        phrase = _phrases(share * np.sign(scores), units, against[:1])[0]
+        sentence += f"; '{_text(phrase, units, texts)}' ({abs(phrase.score):.0%}) weighs against it"
+    return sentence + f" ({LABELS.get(method, method)}, share of absolute attribution)."
+
+
+def _join(parts: list[str]) -> str:
+    if len(parts) <= 1:
+        return "".join(parts)
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
