@@ -20,8 +20,10 @@ from packaging.requirements import Requirement
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import AliasChoices
 
+from service.api.app import create_app
 from service.cli import _parser as cli_parser
 from service.settings import Settings
+from tests.conftest import wait_ready
 from tests.deploy.manifests import (
     COMPOSE_GPU,
     K8S,
@@ -462,3 +464,15 @@ def test_files_are_where_ci_expects_them() -> None:
     for path in ("deploy/Dockerfile", ".dockerignore", "docker-compose.yml", "docker-compose.gpu.yml"):
         assert (ROOT / path).is_file(), path
     assert os.access(ROOT / "scripts" / "check-deploy.sh", os.X_OK), "scripts/check-deploy.sh is not executable"
+
+
+def test_probes_and_metrics_need_no_api_key(tiny_settings: Settings) -> None:
+    """The kubelet's probes and Prometheus' scrapes carry no API key: with keys configured (the Secret),
+    /healthz, /readyz and /metrics must still answer."""
+    secret = yaml.safe_load((K8S / "base" / "secret.yaml").read_text())
+    keyed = tiny_settings.model_copy(update={"api_keys": secret["stringData"]["GLASSBOX_API_KEYS"]})
+    with TestClient(create_app(keyed)) as client:
+        wait_ready(client)
+        for path in ("/healthz", "/readyz", "/metrics"):
+            status = status_of(client, path)
+            assert status == 200, f"{path} answers {status} without an API key"
