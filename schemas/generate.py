@@ -100,6 +100,9 @@ class GenerateResponse(BaseModel):
     model: ModelRef
     seed: int | None = Field(description="The seed used (drawn at random for unseeded sampling).")
     timings: Timings
+    cache: Literal["hit", "miss", "bypass", "error"] | None = Field(
+        None, description="What the response cache did (also in the `X-Cache` header); timings are the original's."
+    )
 
 
 class TokenEvent(BaseModel):

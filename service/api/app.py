@@ -11,7 +11,8 @@ from fastapi import FastAPI
 
 from service.api.body_limit import BodySizeLimit
 from service.api.errors import install_error_handlers
-from service.api.routes import generate, health
+from service.api.routes import explain, generate, health
+from service.cache import build_cache
 from service.models.registry import ModelRegistry
 from service.settings import Settings
 
@@ -31,6 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = ModelRegistry(settings)
         app.state.registry = registry
+        app.state.cache = build_cache(settings)
         loading = asyncio.create_task(registry.load_all(), name="load-models")
         try:
             yield
@@ -39,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
             registry.close()
+            await app.state.cache.close()
 
     app = FastAPI(title="Glassbox", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
@@ -46,4 +49,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(generate.router)
+    app.include_router(explain.router)
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import Request
 
+from service.cache import ResponseCache
 from service.models.registry import ModelRegistry
 from service.settings import Settings
 
@@ -16,3 +17,8 @@ def get_registry(request: Request) -> ModelRegistry:
 def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+def get_cache(request: Request) -> ResponseCache:
+    cache: ResponseCache = request.app.state.cache
+    return cache

@@ -8,17 +8,20 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Header
+from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
 from schemas.common import ErrorBody
 from schemas.generate import GenerateRequest, GenerateResponse, TokenEvent
-from service.api.deps import get_registry, get_settings
+from service.api.deps import get_cache, get_registry, get_settings
 from service.api.errors import ERROR_RESPONSES, error_body
+from service.cache import ResponseCache
 from service.engine.generation import GeneratedToken
 from service.errors import GlassboxError
 from service.models.registry import ModelRegistry
 from service.settings import Settings
+from service.usecases.caching import cached, key_for
 from service.usecases.generate import build_response, generate_once, prepare, run_generation
 from service.usecases.tokens import generated_token
 
@@ -42,11 +45,22 @@ async def generate(
     req: GenerateRequest,
     registry: Annotated[ModelRegistry, Depends(get_registry)],
     settings: Annotated[Settings, Depends(get_settings)],
+    cache: Annotated[ResponseCache, Depends(get_cache)],
+    cache_control: Annotated[str | None, Header(description="`no-cache` skips the read, `no-store` the write.")] = None,
 ) -> Any:
     """Generate text with per-token ids, offsets, logprobs and alternatives."""
-    if not req.stream:
-        return await generate_once(registry, settings, req)
-    return EventSourceResponse(await _stream(registry, settings, req))
+    if req.stream:
+        return EventSourceResponse(await _stream(registry, settings, req), headers={"X-Cache": "bypass"})
+    lm = registry.get(req.model)
+    body, outcome = await cached(
+        cache,
+        key_for("generate", lm, req),
+        lambda: generate_once(registry, settings, req),
+        temperature=req.temperature,
+        seed=req.seed,
+        cache_control=cache_control,
+    )
+    return JSONResponse(body, headers={"X-Cache": outcome.value})
 
 
 async def _stream(registry: ModelRegistry, settings: Settings, req: GenerateRequest) -> AsyncIterator[dict[str, str]]:
