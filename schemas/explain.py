@@ -131,7 +131,9 @@ class ExplainOptions(_Strict):
     normalize: Literal["none", "l1", "max"] = Field(
         "none", description="Per row: divide by the sum of absolute values (`l1`) or the largest one (`max`)."
     )
-    top_k: int | None = Field(None, ge=1, le=100_000, description="Keep the k largest |scores| per row (sparse).")
+    row_top_k: int | None = Field(
+        None, ge=1, le=100_000, description="Sparse output: keep the k largest |scores| of each row."
+    )
     precision: int | None = Field(4, ge=1, le=9, description="Significant digits in JSON; null keeps all.")
     encoding: Literal["json", "base64"] = Field("json", description="`base64`: little-endian packed values.")
     binary_dtype: Literal["float32", "float16"] = "float32"

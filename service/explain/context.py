@@ -103,7 +103,7 @@ class Context:
             ixg = torch.zeros(count, task.seq_len)
             for start in range(0, count, task.chunks.targets):
                 chunk = range(start, min(count, start + task.chunks.targets))
-                vectors = fw.one_hot_rows(chunk, count, 1, None, self.device)
+                vectors = fw.one_hot_rows(chunk, count, 1, None, fwd.row_scores)
                 grads = fw.batched_input_grads(fwd.row_scores, fwd.leaf, vectors)[:, 0]  # [c, T, d]
                 saliency[chunk.start : chunk.stop] = grads.norm(dim=-1).float().cpu()
                 ixg[chunk.start : chunk.stop] = (grads * x).sum(-1).float().cpu()

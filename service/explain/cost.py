@@ -107,16 +107,12 @@ def plan_chunks(shape: Shape, dims: ModelDims, memory_bytes: int, *, eager: bool
 
 
 def forward_cost(shape: Shape, dims: ModelDims, *, gradients: bool, eager: bool) -> Cost:
-    kept = shape.answer_len
-    memory = (
-        dims.graph_bytes(1, shape.seq_len, kept, eager)
-        if gradients
-        else dims.graph_bytes(1, shape.seq_len, kept, eager) // 4
-    )
-    return Cost(work=shape.seq_len, memory=memory)
+    """The shared forward: its graph is kept only when gradients are needed."""
+    graph = dims.graph_bytes(1, shape.seq_len, shape.answer_len, eager)
+    return Cost(work=shape.seq_len, memory=graph if gradients else graph // 4)
 
 
-def check(cost: Cost, limits: Limits, chunks: Chunks, *, needs_targets: bool, needs_steps: bool) -> None:
+def check(cost: Cost, limits: Limits) -> None:
     """Refuse before running: the message names the limit and by how much the request is over it."""
     if cost.work > limits.max_work:
         raise BudgetExceeded(
@@ -126,10 +122,11 @@ def check(cost: Cost, limits: Limits, chunks: Chunks, *, needs_targets: bool, ne
             param="methods",
             code="explain_max_work",
         )
-    if (needs_targets and chunks.targets < 1) or (needs_steps and chunks.steps < 1) or chunks.sequences < 1:
+    if cost.memory > limits.memory_bytes:
         raise BudgetExceeded(
-            f"this explanation needs about {cost.memory / 2**20:,.0f} MiB of activations, over the server's "
-            f"budget of {limits.memory_bytes / 2**20:,.0f} MiB (explain_memory_mb); use a shorter prompt or answer",
+            f"this explanation needs about {cost.memory / 2**20:,.0f} MiB of activations even in the smallest "
+            f"chunks, {cost.memory / limits.memory_bytes:.1f}× the server's budget of "
+            f"{limits.memory_bytes / 2**20:,.0f} MiB (explain_memory_mb); use a shorter prompt or answer",
             param="prompt",
             code="explain_memory_mb",
         )

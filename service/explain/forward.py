@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
+from service.explain.state import attention_capture
+
 
 def embedding_weight(model: PreTrainedModel) -> torch.Tensor:
     weight = model.get_input_embeddings().weight
@@ -35,11 +37,12 @@ class Outputs:
 
 def run(model: PreTrainedModel, embeds: torch.Tensor, keep: torch.Tensor, *, attentions: bool = False) -> Outputs:
     """One forward over [B, T, d] embeddings; ``keep`` is [n] positions or [B, n] per-row positions."""
-    out = model(inputs_embeds=embeds, logits_to_keep=keep, output_attentions=attentions, use_cache=False)
-    atts = tuple(out.attentions) if attentions else None
-    if attentions and (atts is None or len(atts) == 0 or atts[0] is None):
-        raise RuntimeError("the model returned no attention weights")
-    return Outputs(out.logits, atts)
+    if not attentions:
+        out = model(inputs_embeds=embeds, logits_to_keep=keep, use_cache=False)
+        return Outputs(out.logits, None)
+    with attention_capture(model) as captured:
+        out = model(inputs_embeds=embeds, logits_to_keep=keep, use_cache=False)
+    return Outputs(out.logits, tuple(captured))
 
 
 def predicting(positions: list[int] | tuple[int, ...] | range, device: torch.device) -> torch.Tensor:
@@ -61,11 +64,9 @@ def batched_input_grads(
     return grad
 
 
-def one_hot_rows(
-    rows: range, count: int, batch: int, weights: torch.Tensor | None, device: torch.device
-) -> torch.Tensor:
+def one_hot_rows(rows: range, count: int, batch: int, weights: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     """[len(rows), batch, count] grad_outputs selecting one output column each (weighted per batch row)."""
-    vectors = torch.zeros(len(rows), batch, count, device=device)
+    vectors = torch.zeros(len(rows), batch, count, device=like.device, dtype=like.dtype)
     for i, row in enumerate(rows):
-        vectors[i, :, row] = 1.0 if weights is None else weights
+        vectors[i, :, row] = 1.0 if weights is None else weights.to(like.dtype)
     return vectors

@@ -13,12 +13,17 @@ DESCRIPTIONS: dict[str, str] = {
 }
 
 
+def _wide(logits: torch.Tensor) -> torch.Tensor:
+    """At least float32 for the softmax (half-precision logits lose the tail), never narrower than given."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 def _pick(logits: torch.Tensor, ids: torch.Tensor, function: Function) -> torch.Tensor:
     """logits [B, n, V], ids [n] -> [B, n]."""
     index = ids.view(1, -1, 1).expand(logits.shape[0], -1, 1)
     if function == "logit":
-        return logits.float().gather(-1, index).squeeze(-1)
-    logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, index).squeeze(-1)
+        return _wide(logits).gather(-1, index).squeeze(-1)
+    logprobs = torch.log_softmax(_wide(logits), dim=-1).gather(-1, index).squeeze(-1)
     return logprobs.exp() if function == "prob" else logprobs
 
 

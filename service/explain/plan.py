@@ -107,12 +107,12 @@ def _values(options: ExplainOptions, config: PretrainedConfig, rows: int, units:
                 lead *= len(resolve(att.layers, int(config.num_hidden_layers), "attention.layers"))
             if att.reduce_heads == "none":
                 lead *= len(resolve(att.heads, int(config.num_attention_heads), "attention.heads"))
-        width = min(units, options.top_k) if options.top_k else units
-        seq_width = min(seq_units, options.top_k) if options.top_k else seq_units
+        width = min(units, options.row_top_k) if options.row_top_k else units
+        seq_width = min(seq_units, options.row_top_k) if options.row_top_k else seq_units
         if "tokens" in options.scope:
-            total += lead * rows * width * (2 if options.top_k else 1)
+            total += lead * rows * width * (2 if options.row_top_k else 1)
         if "sequence" in options.scope:
-            total += lead * seq_width * (2 if options.top_k else 1)
+            total += lead * seq_width * (2 if options.row_top_k else 1)
     return total
 
 
@@ -216,24 +216,18 @@ def make_plan(
     gradients = any(registry.get(n).needs_gradients for n in options.methods)
     total = costs.forward_cost(shape, dims, gradients=gradients, eager=eager)
     if gradients:
-        total = total + shared_gradient_cost(shape, dims)
+        total = total + shared_gradient_cost(shape, dims, eager=eager)
     for name in options.methods:
         total = total + registry.get(name).cost(shape, dims, methods[name])
     budget = settings.explain_memory_mb * 2**20
     chunks = costs.plan_chunks(shape, dims, budget, eager=eager, ig="integrated_gradients" in options.methods)
-    costs.check(
-        total,
-        costs.Limits(settings.explain_max_work, budget),
-        chunks,
-        needs_targets=gradients,
-        needs_steps="integrated_gradients" in options.methods,
-    )
+    costs.check(total, costs.Limits(settings.explain_max_work, budget))
     values = _values(options, config, len(rows), len(units), sequence_units)
     if values > settings.explain_max_values:
         raise BudgetExceeded(
             f"the response would carry {values:,} numbers, {values / settings.explain_max_values:.1f}× the limit "
             f"of {settings.explain_max_values:,} (explain_max_values); reduce attention over heads/layers, "
-            "use top_k or a coarser granularity",
+            "use row_top_k or a coarser granularity",
             param="methods",
             code="explain_max_values",
         )

@@ -52,8 +52,10 @@ def round_significant(values: np.ndarray, digits: int | None) -> np.ndarray:
         return values
     x = values.astype(np.float64)
     magnitude = np.floor(np.log10(np.where(x == 0, 1.0, np.abs(x))))
-    scale = 10.0 ** (digits - 1 - magnitude)
-    return np.round(x * scale) / scale
+    with np.errstate(over="ignore", invalid="ignore"):
+        scale = 10.0 ** (digits - 1 - magnitude)
+        rounded = np.round(x * scale) / scale
+    return np.where(np.isfinite(rounded), rounded, x)  # extreme magnitudes stay as they are
 
 
 def top_k(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

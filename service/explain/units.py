@@ -126,6 +126,10 @@ def build_units(
         text = texts[first.kind]
         start = min(t.start for t in members)
         end = max(t.end for t in members)
+        while granularity != "token" and start < end and text[start].isspace():
+            start += 1  # words and sentences are shown without surrounding whitespace
+        while granularity != "token" and end > start and text[end - 1].isspace():
+            end -= 1
         shown = text[start:end] if end > start else "".join(token_text(t) for t in members)
         label = None
         if granularity == "segments":

@@ -164,7 +164,7 @@ def build_response(
 ) -> ExplainResponse:
     encode: dict[str, Any] = {
         "normalization": options.normalize,
-        "k": options.top_k,
+        "k": options.row_top_k,
         "precision": options.precision,
         "encoding": options.encoding,
         "dtype": options.binary_dtype,

@@ -9,14 +9,15 @@ from service.explain.cost import Cost, ModelDims, Shape
 from service.explain.methods.base import Method, MethodOutput, register
 
 
-def shared_gradient_cost(shape: Shape, dims: ModelDims) -> Cost:
+def shared_gradient_cost(shape: Shape, dims: ModelDims, *, eager: bool) -> Cost:
     """Counted once however many gradient methods ask: one backward per row, one (or two) for the span."""
     work = 0
     if shape.tokens_scope:
         work += shape.rows * shape.seq_len
     if shape.sequence_scope:
         work += shape.seq_len + 2 * shape.contrast_seq_len * bool(shape.contrast_len)
-    return Cost(work=work, memory=dims.backward_bytes(1, 1, shape.seq_len, shape.answer_len))
+    graph = dims.graph_bytes(1, shape.seq_len, shape.answer_len, eager)
+    return Cost(work=work, memory=graph + dims.backward_bytes(1, 1, shape.seq_len, shape.answer_len))
 
 
 class _GradientMethod(Method):

@@ -57,7 +57,8 @@ def _path(x: torch.Tensor, mask: list[bool], baseline: torch.Tensor) -> tuple[to
 def _steps(alphas: list[float], weights: list[float], size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     chunks = []
     for i in range(0, len(alphas), size):
-        chunks.append((torch.tensor(alphas[i : i + size]), torch.tensor(weights[i : i + size])))
+        chunk = (alphas[i : i + size], weights[i : i + size])
+        chunks.append((torch.tensor(chunk[0], dtype=torch.float64), torch.tensor(chunk[1], dtype=torch.float64)))
     return chunks
 
 
@@ -76,7 +77,7 @@ def tokens_ig(ctx: Context, opts: IntegratedGradientsOptions) -> torch.Tensor:
         scores = ctx.row_scores(fw.run(ctx.model, leaf, keep).logits)  # [k, R]
         for first in range(0, count, task.chunks.targets):
             chunk = range(first, min(count, first + task.chunks.targets))
-            vectors = fw.one_hot_rows(chunk, count, leaf.shape[0], weight.to(x.device), ctx.device)
+            vectors = fw.one_hot_rows(chunk, count, leaf.shape[0], weight.to(x.device), scores)
             grads = fw.batched_input_grads(scores, leaf, vectors, keep_graph=chunk.stop < count)
             total[chunk.start : chunk.stop] += (grads.sum(1) * delta).sum(-1).double().cpu()
         del scores, leaf
@@ -100,14 +101,14 @@ def sequence_ig(ctx: Context, opts: IntegratedGradientsOptions) -> torch.Tensor:
         start2, delta2 = _path(x2, mask[:sources] + [False] * (len(contrast) - sources), baseline)
     for alpha, weight in _steps(alphas, weights, task.chunks.steps):
         alpha = alpha.to(device=x.device, dtype=x.dtype).view(-1, 1, 1)
-        weight = weight.to(x.device)
         leaf = (start + alpha * delta).requires_grad_(True)
         score = ctx.span_score(fw.run(ctx.model, leaf, span_keep).logits)  # [k]
-        (grad,) = torch.autograd.grad(score, leaf, weight)
+        (grad,) = torch.autograd.grad(score, leaf, weight.to(score))
         total += (grad.sum(0)[:sources] * delta[:sources]).sum(-1).double().cpu()
         if contrast is not None:
             leaf2 = (start2 + alpha * delta2).requires_grad_(True)
-            (grad2,) = torch.autograd.grad(ctx.contrast_score(leaf2), leaf2, weight)
+            score2 = ctx.contrast_score(leaf2)
+            (grad2,) = torch.autograd.grad(score2, leaf2, weight.to(score2))
             total -= (grad2.sum(0)[:sources] * delta2[:sources]).sum(-1).double().cpu()
     return total.float()
 

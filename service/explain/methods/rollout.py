@@ -31,7 +31,8 @@ class AttentionRollout(Method):
     needs_attention = True
 
     def cost(self, shape: Shape, dims: ModelDims, options: Any) -> Cost:
-        return Cost(work=0, memory=dims.layers * dims.heads * shape.seq_len * shape.seq_len * 4)
+        weights = dims.layers * dims.heads * shape.seq_len * shape.seq_len * 4
+        return Cost(work=0, memory=dims.graph_bytes(1, shape.seq_len, shape.answer_len, True) + weights)
 
     def run(self, ctx: Context, options: Any) -> MethodOutput:
         opts: RolloutOptions = options

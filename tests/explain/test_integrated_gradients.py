@@ -1,0 +1,114 @@
+"""Integrated gradients against Captum, completeness, chunking invariance, baselines and contrast."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from schemas.explain import IntegratedGradientsOptions
+from service.explain.engine import explain
+from service.explain.task import Chunks
+from tests.explain import oracle
+from tests.explain.conftest import make_task
+
+
+def _ig(n_steps: int = 8, rule: str = "gausslegendre", baseline: str = "zero") -> dict:
+    return {"integrated_gradients": IntegratedGradientsOptions(n_steps=n_steps, rule=rule, baseline=baseline)}
+
+
+def _baseline(model, ids, kind: str, pad_id: int) -> torch.Tensor:
+    weight = model.get_input_embeddings().weight
+    vector = {"zero": torch.zeros(weight.shape[1], dtype=weight.dtype), "mean": weight.mean(0), "pad": weight[pad_id]}[
+        kind
+    ]
+    return vector.expand(1, len(ids), -1)
+
+
+@pytest.mark.parametrize(
+    ("rule", "baseline"), [("gausslegendre", "zero"), ("riemann_trapezoid", "pad"), ("riemann_middle", "mean")]
+)
+def test_ig_rows_match_captum(model, ids, rule, baseline):
+    """atol 1e-7 against rows of ~1e-2: Captum multiplies by its step sizes in float32."""
+    task = make_task(ids, _ig(6, rule, baseline), pad_id=7)
+    out = explain(model, task).outputs["integrated_gradients"]
+    x = oracle.embeds(model, ids)
+    base = _baseline(model, ids, baseline, 7)
+    for i, t in enumerate(task.rows):
+        reference = oracle.integrated_gradients(oracle.token_fn(model, ids, t), x, base, 6, rule)
+        np.testing.assert_allclose(out.tokens[i], reference.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_ig_sequence_matches_captum_with_the_span_fixed(model, ids):
+    span = (11, 14)
+    task = make_task(ids, _ig(6), span=span)
+    out = explain(model, task).outputs["integrated_gradients"]
+    x = oracle.embeds(model, ids)
+    base = x.clone()
+    base[:, : span[0]] = 0  # only the sources before the span move along the path
+    reference = oracle.integrated_gradients(oracle.span_fn(model, ids, span), x, base, 6, "gausslegendre")
+    np.testing.assert_allclose(out.sequence, reference[: span[0]].numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_ig_excluded_positions_stay_at_their_embedding(model, ids):
+    included = tuple(p not in (0, 4) for p in range(len(ids)))
+    task = make_task(ids, _ig(6), included=included)
+    out = explain(model, task).outputs["integrated_gradients"]
+    x = oracle.embeds(model, ids)
+    base = torch.zeros_like(x)
+    base[:, [0, 4]] = x[:, [0, 4]]
+    t = task.rows[-1]
+    reference = oracle.integrated_gradients(oracle.token_fn(model, ids, t), x, base, 6, "gausslegendre")
+    np.testing.assert_allclose(out.tokens[-1], reference.numpy(), rtol=1e-5, atol=1e-7)
+    assert out.tokens[-1][0] == 0 and out.tokens[-1][4] == 0
+
+
+def test_ig_completeness_within_one_percent(model, ids):
+    """Scores sum to f(input) − f(baseline). A pad-token baseline: an all-zero one puts RMSNorm's kink on
+    the path, which no quadrature with few steps resolves."""
+    task = make_task(ids, _ig(32, baseline="pad"), pad_id=7)
+    out = explain(model, task).outputs["integrated_gradients"]
+    x = oracle.embeds(model, ids)
+    pad = _baseline(model, ids, "pad", 7)
+    for i, t in enumerate(task.rows):
+        fn = oracle.token_fn(model, ids, t)
+        expected = oracle.value(fn, x) - oracle.value(fn, pad)
+        assert abs(out.tokens[i].sum() - expected) <= 0.01 * abs(expected)
+    span_base = x.clone()
+    span_base[:, :9] = pad[:, :9]
+    fn = oracle.span_fn(model, ids, task.span)
+    expected = oracle.value(fn, x) - oracle.value(fn, span_base)
+    assert abs(out.sequence.sum() - expected) <= 0.01 * abs(expected)
+
+
+@pytest.mark.parametrize(("steps", "targets"), [(1, 1), (5, 2), (16, 16)])
+def test_ig_chunked_equals_unbatched(model, ids, steps, targets):
+    reference = explain(model, make_task(ids, _ig(7), chunks=Chunks(targets=1, steps=1))).outputs
+    chunked = explain(model, make_task(ids, _ig(7), chunks=Chunks(targets=targets, steps=steps))).outputs
+    np.testing.assert_allclose(
+        chunked["integrated_gradients"].tokens, reference["integrated_gradients"].tokens, rtol=1e-6, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        chunked["integrated_gradients"].sequence, reference["integrated_gradients"].sequence, rtol=1e-6, atol=1e-12
+    )
+
+
+def test_ig_contrast_is_the_difference_of_single_attributions(model, ids):
+    last = len(ids) - 1
+    foil = (ids[-1] + 3) % 48
+    single = {"rows": (last,), "span": (last, last + 1), "scopes": frozenset({"tokens"})}
+    target = explain(model, make_task(ids, _ig(), **single)).outputs["integrated_gradients"].tokens
+    other = explain(model, make_task((*ids[:-1], foil), _ig(), **single)).outputs["integrated_gradients"].tokens
+    contrast = explain(model, make_task(ids, _ig(), foils=(foil,), **single)).outputs["integrated_gradients"].tokens
+    np.testing.assert_allclose(contrast[0, :last], (target - other)[0, :last], rtol=1e-5, atol=1e-9)
+
+    contrast_ids = (1, 2)
+    seq = {"span": (12, 14), "rows": (12, 13), "scopes": frozenset({"sequence"})}
+    target_seq = explain(model, make_task(ids, _ig(), **seq)).outputs["integrated_gradients"].sequence
+    other_seq = (
+        explain(model, make_task(ids[:12] + contrast_ids, _ig(), **seq)).outputs["integrated_gradients"].sequence
+    )
+    contrast_seq = explain(model, make_task(ids, _ig(), contrast_ids=contrast_ids, **seq)).outputs
+    np.testing.assert_allclose(
+        contrast_seq["integrated_gradients"].sequence, target_seq - other_seq, rtol=1e-5, atol=1e-9
+    )
