@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 from collections.abc import Sequence
 
 import uvicorn
 
 from service.api.app import create_app
+from service.observability.logging import configure_logging
+from service.serving.server import DrainingServer
 from service.settings import Settings
+
+#: After draining, how long uvicorn may take to close connections before cancelling what is left.
+_CLOSE_TIMEOUT_S = 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,15 +45,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         if value is not None
     }
     settings = Settings(**overrides)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+        log_config=None,  # our handlers (JSON with request ids) for uvicorn's loggers too
+        access_log=False,  # replaced by glassbox.access, which has the request id and duration
+        # The drain phase already waited up to drain_timeout_s; this only bounds closing what is left.
+        timeout_graceful_shutdown=_CLOSE_TIMEOUT_S,
     )
+    DrainingServer(config, app.state.serving.drain).run()
 
 
 if __name__ == "__main__":

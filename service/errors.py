@@ -32,6 +32,8 @@ class MalformedRequest(GlassboxError):
 
 
 class Unauthorized(GlassboxError):
+    """No API key, or one that matches none of the configured digests."""
+
     status = 401
     type = "unauthorized"
 
@@ -64,8 +66,17 @@ class BudgetExceeded(InvalidRequest):
 
 
 class Overloaded(GlassboxError):
+    """The model's slots and queue are full; ``Retry-After`` says when to come back."""
+
     status = 429
     type = "overloaded"
+
+
+class ClientClosedRequest(GlassboxError):
+    """The client went away; nobody reads this response (499, as nginx logs it), it exists for logs and metrics."""
+
+    status = 499
+    type = "cancelled"
 
 
 class ModelNotReady(GlassboxError):
@@ -74,10 +85,21 @@ class ModelNotReady(GlassboxError):
 
 
 class OutOfMemory(GlassboxError):
+    """This request ran out of device or host memory; the model is fine and the next request may succeed."""
+
     status = 503
     type = "out_of_memory"
 
 
+class ShuttingDown(GlassboxError):
+    """The server is draining before exit: it finishes what it has and takes nothing new."""
+
+    status = 503
+    type = "shutting_down"
+
+
 class DeadlineExceeded(GlassboxError):
+    """The request's deadline passed (waiting or generating); the model stopped at the next token."""
+
     status = 504
     type = "timeout"

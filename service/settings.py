@@ -85,6 +85,43 @@ class Settings(BaseSettings):
         4_000_000, ge=1000, description="/explain: upper bound on the numbers in one response."
     )
 
+    # --- serving (owned by the serving work) ---
+    max_concurrency: int = Field(
+        8, ge=1, description="Requests per model holding a slot (tokenizing, in the batch or running explain)."
+    )
+    max_queue: int = Field(
+        64, ge=0, description="Requests per model waiting for a slot; past it, 429 with Retry-After."
+    )
+    max_batch_size: int = Field(8, ge=1, description="Sequences decoded together in one forward pass.")
+    request_timeout_s: float = Field(
+        300.0, gt=0, description="Server deadline per request (504 past it); X-Request-Timeout-Ms may lower it."
+    )
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="After SIGTERM, how long in-flight requests may take before the process exits."
+    )
+    api_keys: str | None = Field(
+        None,
+        description="Comma-separated SHA-256 hex digests of accepted API keys (`Authorization: Bearer KEY`); "
+        "unset: no authentication. Digests, so the configuration never holds a usable key.",
+    )
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/HTTP traces endpoint, e.g. http://otel-collector:4318/v1/traces; unset: no tracing."
+    )
+    log_format: Literal["json", "text"] = Field("json", description="`json`: one object per line, with request id.")
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys_are_digests(cls, value: str | None) -> str | None:
+        for item in (value or "").split(","):
+            digest = item.strip().lower()
+            if digest and (len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest)):
+                raise ValueError('GLASSBOX_API_KEYS holds SHA-256 hex digests, not keys: printf %s "$KEY" | sha256sum')
+        return value
+
+    def api_key_digests(self) -> frozenset[bytes]:
+        """The accepted digests as raw bytes (empty: authentication is off)."""
+        return frozenset(bytes.fromhex(d.strip()) for d in (self.api_keys or "").split(",") if d.strip())
+
     @field_validator("models")
     @classmethod
     def _models_not_empty(cls, value: str) -> str:

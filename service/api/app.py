@@ -9,11 +9,14 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from service.api.body_limit import BodySizeLimit
 from service.api.errors import install_error_handlers
+from service.api.middleware import install_middleware
 from service.api.routes import explain, generate, health
 from service.cache import build_cache
 from service.models.registry import ModelRegistry
+from service.observability.tracing import EXPORT_TIMEOUT_S, build_tracer_provider
+from service.serving import Serving
+from service.serving.runtime import publish_model_info
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,18 +37,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.registry = registry
         app.state.cache = build_cache(settings)
         loading = asyncio.create_task(registry.load_all(), name="load-models")
+        loading.add_done_callback(lambda _: publish_model_info(registry))
         try:
             yield
         finally:
             loading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
+            await serving.close()
             registry.close()
+            if tracer_provider is not None:  # a last flush, bounded: an unreachable collector can't hold exit
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.to_thread(tracer_provider.shutdown), EXPORT_TIMEOUT_S + 1)
             await app.state.cache.close()
 
     app = FastAPI(title="Glassbox", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    serving = app.state.serving = Serving(settings)
+    tracer_provider = build_tracer_provider(settings)
+    install_middleware(app, settings, serving, tracer_provider)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(generate.router)

@@ -20,10 +20,18 @@ _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized",
 #: For route decorators: every status a route can answer with, so OpenAPI documents them.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Malformed JSON body."},
+    401: {"model": ErrorBody, "description": "API keys are enabled and the request has no valid bearer key."},
     404: {"model": ErrorBody, "description": "Unknown model."},
     413: {"model": ErrorBody, "description": "Request body over the configured byte limit."},
-    422: {"model": ErrorBody, "description": "Invalid field, or over a model or server limit."},
-    503: {"model": ErrorBody, "description": "Model not loaded yet (see Retry-After)."},
+    422: {"model": ErrorBody, "description": "Invalid field or header, or over a model or server limit."},
+    429: {"model": ErrorBody, "description": "The model's slots and queue are full; retry after `Retry-After` s."},
+    500: {"model": ErrorBody, "description": "Unexpected server error (logged with the request id)."},
+    503: {
+        "model": ErrorBody,
+        "description": "Model not loaded yet, out of memory on this request, or the server is shutting down "
+        "(see Retry-After).",
+    },
+    504: {"model": ErrorBody, "description": "The request's deadline passed (server limit or X-Request-Timeout-Ms)."},
 }
 
 

@@ -3,6 +3,10 @@
 A hand-written loop rather than ``model.generate`` because every token needs its log-probability, its
 alternatives, its text and offset as it is produced (for streaming), stop strings must cut the text
 exactly, and a cancelled request must stop at the next token.
+
+The per-sequence part (choosing a token, logprobs, text, stops, streaming) is :class:`SequenceDecoder`;
+``generate`` drives one sequence with it, and the batch scheduler (``service/serving/batcher.py``) drives
+many sharing one forward pass, so a request decodes the same way alone or in a batch.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ class GeneratedToken:
 class GenerationOutput:
     tokens: list[GeneratedToken]
     text: str
-    finish_reason: str  # "stop" (end-of-sequence token), "length", "stop_sequence" or "cancelled"
+    # "stop" (end-of-sequence token), "length", "stop_sequence", "cancelled" or "timeout" (deadline passed)
+    finish_reason: str
     seed: int | None
     prefill_s: float
     decode_s: float
@@ -72,6 +77,102 @@ class _StopWatcher:
         return len(text) - _held_back(text, self.stops)
 
 
+class SequenceDecoder:
+    """One sequence's decoding state, fed one next-token logits vector at a time.
+
+    It owns everything per request: the seeded generator, logprobs and alternatives, incremental text, stop
+    strings, and streaming with hold-back, so batching changes only where the logits come from.
+    """
+
+    def __init__(
+        self,
+        lm: LoadedModel,
+        params: SamplingParams,
+        on_token: Callable[[GeneratedToken], None] | None = None,
+    ) -> None:
+        self.params = params
+        self.seed = params.seed if params.seed is not None or params.greedy else secrets.randbits(62)
+        self._generator: torch.Generator | None = None
+        if self.seed is not None:
+            self._generator = torch.Generator(device=lm.device).manual_seed(self.seed)
+        self._eos = lm.eos_ids
+        self._detok = IncrementalDetokenizer(lm.tokenizer)
+        self._watcher = _StopWatcher(params.stop)
+        self._on_token = on_token
+        self._streamed = 0
+        self.tokens: list[GeneratedToken] = []
+        self.finish_reason: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def last_id(self) -> int:
+        """The token to feed the model next (only meaningful while not done)."""
+        return self.tokens[-1].id
+
+    def stop(self, reason: str) -> None:
+        """End the sequence from outside (cancelled, deadline); the first reason wins."""
+        if self.finish_reason is None:
+            self.finish_reason = reason
+
+    def push(self, logits: torch.Tensor) -> bool:
+        """Choose the next token from this sequence's 1-D next-token logits; True when the sequence ended."""
+        logits = logits.float()
+        token_id = choose(logits, self.params, self._generator)
+        if token_id in self._eos:
+            self.finish_reason = "stop"
+            return True
+        logprobs = torch.log_softmax(logits, dim=-1)
+        top: list[tuple[int, float]] = []
+        if self.params.top_logprobs:
+            values, indices = torch.topk(logprobs, self.params.top_logprobs)
+            top = list(zip(indices.tolist(), values.tolist(), strict=True))
+        offset = len(self._detok.text)
+        piece = self._detok.add(token_id)
+        self.tokens.append(GeneratedToken(token_id, piece, offset, float(logprobs[token_id]), top))
+        if self._watcher.check(self._detok.text, len(piece)):
+            self.finish_reason = "stop_sequence"
+            return True
+        if self._on_token is not None:
+            safe = self._watcher.safe_length(self._detok.text)
+            tokens = self.tokens
+            while (
+                self._streamed < len(tokens)
+                and tokens[self._streamed].offset + len(tokens[self._streamed].text) <= safe
+            ):
+                self._on_token(tokens[self._streamed])
+                self._streamed += 1
+        if len(self.tokens) == self.params.max_new_tokens:
+            self.finish_reason = "length"
+            return True
+        return False
+
+    def finish(self, prefill_s: float, decode_s: float) -> GenerationOutput:
+        """Flush held-back text, cut at the first stop string, stream the rest; call once, at the end."""
+        finish = self.finish_reason or "length"
+        tokens = self.tokens
+        rest = self._detok.flush()
+        if rest and tokens:
+            tokens[-1].text += rest
+            if self._watcher.check(self._detok.text, len(rest)):
+                finish = "stop_sequence"
+        text = self._detok.text
+        cut = self._watcher.cut
+        if cut is not None:
+            text = text[:cut]
+            tokens = [t for t in tokens if t.offset < cut or (t.offset == cut and not t.text)]
+            if tokens:
+                last = tokens[-1]
+                last.text = text[last.offset :]
+        if self._on_token is not None:
+            for token in tokens[self._streamed :]:
+                self._on_token(token)
+            self._streamed = len(tokens)
+        return GenerationOutput(tokens, text, finish, self.seed, prefill_s, decode_s)
+
+
 def generate(
     lm: LoadedModel,
     prompt: PromptTokens,
@@ -80,65 +181,20 @@ def generate(
     cancelled: Callable[[], bool] | None = None,
 ) -> GenerationOutput:
     """Generate up to ``params.max_new_tokens`` tokens after ``prompt``. Runs on the model's thread."""
-    seed = params.seed if params.seed is not None or params.greedy else secrets.randbits(62)
-    generator: torch.Generator | None = None
-    if seed is not None:
-        generator = torch.Generator(device=lm.device).manual_seed(seed)
-    detok = IncrementalDetokenizer(lm.tokenizer)
-    watcher = _StopWatcher(params.stop)
-    tokens: list[GeneratedToken] = []
-    streamed = 0
-    finish = "length"
+    decoder = SequenceDecoder(lm, params, on_token)
     started = time.perf_counter()
-    prefill_s = 0.0
     with torch.inference_mode():
         out = lm.model(input_ids=torch.tensor([prompt.ids], device=lm.device), use_cache=True)
         prefill_s = time.perf_counter() - started
-        for _ in range(params.max_new_tokens):
+        while True:
             if cancelled is not None and cancelled():
-                finish = "cancelled"
+                decoder.stop("cancelled")
                 break
-            logits = out.logits[0, -1].float()
-            token_id = choose(logits, params, generator)
-            if token_id in lm.eos_ids:
-                finish = "stop"
-                break
-            logprobs = torch.log_softmax(logits, dim=-1)
-            top: list[tuple[int, float]] = []
-            if params.top_logprobs:
-                values, indices = torch.topk(logprobs, params.top_logprobs)
-                top = list(zip(indices.tolist(), values.tolist(), strict=True))
-            offset = len(detok.text)
-            piece = detok.add(token_id)
-            tokens.append(GeneratedToken(token_id, piece, offset, float(logprobs[token_id]), top))
-            if watcher.check(detok.text, len(piece)):
-                finish = "stop_sequence"
-                break
-            if on_token is not None:
-                safe = watcher.safe_length(detok.text)
-                while streamed < len(tokens) and tokens[streamed].offset + len(tokens[streamed].text) <= safe:
-                    on_token(tokens[streamed])
-                    streamed += 1
-            if len(tokens) == params.max_new_tokens:
+            if decoder.push(out.logits[0, -1]):
                 break
             out = lm.model(
-                input_ids=torch.tensor([[token_id]], device=lm.device),
+                input_ids=torch.tensor([[decoder.last_id]], device=lm.device),
                 cache=out.cache,
                 use_cache=True,
             )
-    rest = detok.flush()
-    if rest and tokens:
-        tokens[-1].text += rest
-        if watcher.check(detok.text, len(rest)):
-            finish = "stop_sequence"
-    text = detok.text
-    if watcher.cut is not None:
-        text = text[: watcher.cut]
-        tokens = [t for t in tokens if t.offset < watcher.cut or (t.offset == watcher.cut and not t.text)]
-        if tokens:
-            last = tokens[-1]
-            last.text = text[last.offset :]
-    if on_token is not None:
-        for token in tokens[streamed:]:
-            on_token(token)
-    return GenerationOutput(tokens, text, finish, seed, prefill_s, time.perf_counter() - started - prefill_s)
+    return decoder.finish(prefill_s, time.perf_counter() - started - prefill_s)

@@ -13,7 +13,30 @@ from typing import Any, TypeVar
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from service.errors import OutOfMemory
+
 T = TypeVar("T")
+
+#: Substrings of allocator errors that torch raises as plain RuntimeError (CPU, MPS, older CUDA paths).
+_OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory", "failed to allocate")
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Device or host out-of-memory, whichever way torch or Python reported it."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MESSAGES)
+
+
+def as_oom_error(exc: BaseException, lm: LoadedModel) -> OutOfMemory:
+    """The client-facing error for ``exc``, after giving cached device memory back for the next request."""
+    if lm.device.type == "cuda":
+        torch.cuda.empty_cache()
+    where = "device" if lm.device.type != "cpu" and not isinstance(exc, MemoryError) else "host"
+    return OutOfMemory(
+        f"model {lm.name!r} ran out of {where} memory on this request; try a shorter prompt or fewer tokens",
+        headers={"Retry-After": "1"},
+    )
 
 
 @dataclass
@@ -34,9 +57,15 @@ class LoadedModel:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{self.name}")
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn`` on this model's worker thread, off the event loop."""
+        """Run ``fn`` on this model's worker thread, off the event loop. Out-of-memory becomes a 503 for
+        this call alone: the exception frees the call's tensors, so the model serves the next one."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        except Exception as exc:
+            if is_oom(exc):
+                raise as_oom_error(exc, self) from exc
+            raise
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

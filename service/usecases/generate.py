@@ -1,19 +1,20 @@
-"""The /generate use case: validate against the model's limits, run the decode loop, shape the answer."""
+"""The /generate use case: take a slot, tokenize and check limits, generate in the model's batch, shape it."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 from schemas.common import ModelRef, Token
 from schemas.generate import GenerateRequest, GenerateResponse, Timings, Usage
-from service.engine.generation import GeneratedToken, GenerationOutput, generate
+from service.engine.generation import GenerationOutput
 from service.engine.prompt import PromptTokens, build_prompt
 from service.engine.sampling import SamplingParams
-from service.errors import BudgetExceeded, InvalidRequest
+from service.errors import BudgetExceeded, ClientClosedRequest, DeadlineExceeded, InvalidRequest
 from service.models.loaded import LoadedModel
 from service.models.registry import ModelRegistry
+from service.observability.tracing import traced
+from service.serving import Deadline, Serving
 from service.settings import Settings
 from service.usecases.tokens import generated_token, prompt_tokens
 
@@ -30,13 +31,18 @@ def sampling_params(req: GenerateRequest) -> SamplingParams:
     )
 
 
-def check_limits(lm: LoadedModel, settings: Settings, prompt: PromptTokens, max_new_tokens: int) -> None:
-    """Refuse work the model cannot do before any model time is spent; messages give both numbers."""
+def check_new_tokens(settings: Settings, max_new_tokens: int) -> None:
+    """The part of the limits that needs no tokenizer: checked before a slot is taken."""
     if max_new_tokens > settings.max_new_tokens_limit:
         raise InvalidRequest(
             f"max_new_tokens={max_new_tokens} is over this server's limit of {settings.max_new_tokens_limit}",
             param="max_new_tokens",
         )
+
+
+def check_limits(lm: LoadedModel, settings: Settings, prompt: PromptTokens, max_new_tokens: int) -> None:
+    """Refuse work the model cannot do before any model time is spent; messages give both numbers."""
+    check_new_tokens(settings, max_new_tokens)
     if len(prompt) > settings.max_prompt_tokens:
         raise BudgetExceeded(
             f"the prompt has {len(prompt)} tokens, over this server's limit of {settings.max_prompt_tokens}",
@@ -50,35 +56,24 @@ def check_limits(lm: LoadedModel, settings: Settings, prompt: PromptTokens, max_
         )
 
 
-async def prepare(
-    registry: ModelRegistry, settings: Settings, req: GenerateRequest
-) -> tuple[LoadedModel, PromptTokens, float]:
-    """Resolve the model and tokenize (off the event loop); returns the tokenize time too."""
-    lm = registry.get(req.model)
+async def tokenize(lm: LoadedModel, settings: Settings, req: GenerateRequest) -> tuple[PromptTokens, float]:
+    """Tokenize off the event loop and check the limits; returns the prompt and the time it took."""
     started = time.perf_counter()
-    prompt = await asyncio.to_thread(build_prompt, lm.tokenizer, prompt=req.prompt, messages=req.messages)
+    with traced("glassbox.tokenize"):
+        prompt = await asyncio.to_thread(build_prompt, lm.tokenizer, prompt=req.prompt, messages=req.messages)
     check_limits(lm, settings, prompt, req.max_new_tokens)
-    return lm, prompt, time.perf_counter() - started
+    return prompt, time.perf_counter() - started
 
 
-async def run_generation(
-    lm: LoadedModel,
-    prompt: PromptTokens,
-    req: GenerateRequest,
-    *,
-    on_token: Callable[[GeneratedToken], None] | None = None,
-    cancelled: Callable[[], bool] | None = None,
-) -> tuple[GenerationOutput, float]:
-    """Run the decode loop on the model's thread; returns the output and the time spent queued."""
-    enqueued = time.perf_counter()
-    started: list[float] = []
-
-    def work() -> GenerationOutput:
-        started.append(time.perf_counter())
-        return generate(lm, prompt, sampling_params(req), on_token=on_token, cancelled=cancelled)
-
-    output = await lm.run(work)
-    return output, started[0] - enqueued
+def raise_if_stopped(output: GenerationOutput, deadline: Deadline) -> None:
+    """A generation the deadline or the client cut short is an error, not a short answer."""
+    if output.finish_reason == "timeout":
+        raise DeadlineExceeded(
+            f"the request's deadline of {deadline.timeout_s:g} s passed after {len(output.tokens)} generated "
+            "tokens; ask for fewer tokens or a longer X-Request-Timeout-Ms (up to the server's limit)"
+        )
+    if output.finish_reason == "cancelled":
+        raise ClientClosedRequest("the client disconnected")
 
 
 def build_response(
@@ -112,8 +107,23 @@ def build_response(
     )
 
 
-async def generate_once(registry: ModelRegistry, settings: Settings, req: GenerateRequest) -> GenerateResponse:
-    """Non-streaming /generate."""
-    lm, prompt, tokenize_s = await prepare(registry, settings, req)
-    output, queue_s = await run_generation(lm, prompt, req)
-    return build_response(lm, prompt, req, output, tokenize_s=tokenize_s, queue_s=queue_s)
+async def generate_once(
+    registry: ModelRegistry,
+    settings: Settings,
+    req: GenerateRequest,
+    *,
+    serving: Serving,
+    deadline: Deadline | None = None,
+) -> GenerateResponse:
+    """Non-streaming /generate: a slot, then tokenize, then a row in the model's batch."""
+    lm = registry.get(req.model)
+    check_new_tokens(settings, req.max_new_tokens)
+    deadline = deadline or serving.deadline()
+    async with serving.admission.slot(lm.name, deadline) as waited:
+        prompt, tokenize_s = await tokenize(lm, settings, req)
+        with traced("glassbox.generate", model=lm.name, prompt_tokens=len(prompt)) as span:
+            batcher = serving.batcher(lm)
+            output, queue_s = await batcher.generate(prompt.ids, sampling_params(req), deadline=deadline)
+            span.set_attribute("completion_tokens", len(output.tokens))
+    raise_if_stopped(output, deadline)
+    return build_response(lm, prompt, req, output, tokenize_s=tokenize_s, queue_s=waited + queue_s)

@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
+from starlette.types import Receive, Scope, Send
 
-from schemas.common import ErrorBody
 from schemas.generate import GenerateRequest, GenerateResponse, TokenEvent
+from service.api.deadline import RequestDeadline, get_serving
 from service.api.deps import get_cache, get_registry, get_settings
-from service.api.errors import ERROR_RESPONSES, error_body
+from service.api.errors import ERROR_RESPONSES
 from service.cache import ResponseCache
-from service.engine.generation import GeneratedToken
-from service.errors import GlassboxError
 from service.models.registry import ModelRegistry
+from service.serving import Serving
 from service.settings import Settings
 from service.usecases.caching import cached, key_for
-from service.usecases.generate import build_response, generate_once, prepare, run_generation
-from service.usecases.tokens import generated_token
+from service.usecases.generate import generate_once
+from service.usecases.generate_stream import GenerationStream, open_stream
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["generate"])
@@ -46,16 +44,19 @@ async def generate(
     registry: Annotated[ModelRegistry, Depends(get_registry)],
     settings: Annotated[Settings, Depends(get_settings)],
     cache: Annotated[ResponseCache, Depends(get_cache)],
+    serving: Annotated[Serving, Depends(get_serving)],
+    deadline: RequestDeadline,
     cache_control: Annotated[str | None, Header(description="`no-cache` skips the read, `no-store` the write.")] = None,
 ) -> Any:
     """Generate text with per-token ids, offsets, logprobs and alternatives."""
     if req.stream:
-        return EventSourceResponse(await _stream(registry, settings, req), headers={"X-Cache": "bypass"})
+        stream = await open_stream(registry, settings, req, serving=serving, deadline=deadline)
+        return _StreamResponse(stream, headers={"X-Cache": "bypass"})
     lm = registry.get(req.model)
     body, outcome = await cached(
         cache,
         key_for("generate", lm, req),
-        lambda: generate_once(registry, settings, req),
+        lambda: generate_once(registry, settings, req, serving=serving, deadline=deadline),
         temperature=req.temperature,
         seed=req.seed,
         cache_control=cache_control,
@@ -63,45 +64,21 @@ async def generate(
     return JSONResponse(body, headers={"X-Cache": outcome.value})
 
 
-async def _stream(registry: ModelRegistry, settings: Settings, req: GenerateRequest) -> AsyncIterator[dict[str, str]]:
-    # Validation happens here, before the response starts, so errors keep their status codes.
-    lm, prompt, tokenize_s = await prepare(registry, settings, req)
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[GeneratedToken] = asyncio.Queue()
-    stop = threading.Event()
+class _StreamResponse(EventSourceResponse):
+    """Closes the generation (its slot, its batch row) however the response ends, even if never iterated."""
 
-    def on_token(token: GeneratedToken) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, token)
+    def __init__(self, stream: GenerationStream, **kwargs: Any) -> None:
+        super().__init__(_sse(stream), **kwargs)
+        self._stream = stream
 
-    async def events() -> AsyncIterator[dict[str, str]]:
-        task = asyncio.ensure_future(run_generation(lm, prompt, req, on_token=on_token, cancelled=stop.is_set))
-        index = 0
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            while True:
-                getter = asyncio.ensure_future(queue.get())
-                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    break
-                event = TokenEvent(index=index, token=generated_token(lm, getter.result(), logprobs=req.logprobs))
-                index += 1
-                yield {"event": "token", "data": event.model_dump_json(exclude_none=True)}
-            while not queue.empty():  # tokens scheduled before the loop finished
-                event = TokenEvent(index=index, token=generated_token(lm, queue.get_nowait(), logprobs=req.logprobs))
-                index += 1
-                yield {"event": "token", "data": event.model_dump_json(exclude_none=True)}
-            output, queue_s = task.result()
-            response = build_response(lm, prompt, req, output, tokenize_s=tokenize_s, queue_s=queue_s)
-            yield {"event": "done", "data": response.model_dump_json(exclude_none=True)}
-        except GlassboxError as exc:
-            yield {"event": "error", "data": ErrorBody.model_validate(error_body(exc)).model_dump_json()}
-        except Exception:
-            log.exception("streaming generation failed")
-            body = ErrorBody.model_validate(
-                {"error": {"message": "internal error; it has been logged", "type": "internal_error"}}
-            )
-            yield {"event": "error", "data": body.model_dump_json()}
+            await super().__call__(scope, receive, send)
         finally:
-            stop.set()  # a client that went away stops the model at its next token
+            await self._stream.close()
 
-    return events()
+
+async def _sse(stream: GenerationStream) -> AsyncIterator[dict[str, str]]:
+    async for item in stream.events():
+        kind = "token" if isinstance(item, TokenEvent) else "done" if isinstance(item, GenerateResponse) else "error"
+        yield {"event": kind, "data": item.model_dump_json(exclude_none=kind != "error")}

@@ -9,9 +9,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from schemas.common import ErrorBody, ModelInfo
+from service.api.deadline import get_serving
 from service.api.deps import get_registry
-from service.errors import ModelNotReady
+from service.api.errors import ERROR_RESPONSES
+from service.errors import ModelNotReady, ShuttingDown
 from service.models.registry import ModelRegistry
+from service.serving import Serving
 
 router = APIRouter()
 
@@ -32,8 +35,12 @@ async def healthz() -> Status:
     tags=["probes"],
     responses={503: {"model": ErrorBody, "description": "Loading, failed to load, or draining."}},
 )
-async def readyz(registry: Annotated[ModelRegistry, Depends(get_registry)]) -> Status:
-    """Readiness: every configured model is loaded and warmed up."""
+async def readyz(
+    registry: Annotated[ModelRegistry, Depends(get_registry)], serving: Annotated[Serving, Depends(get_serving)]
+) -> Status:
+    """Readiness: every configured model is loaded and warmed up, and the server is not draining."""
+    if serving.drain.draining:  # first, so load balancers stop sending work at once
+        raise ShuttingDown("this server is shutting down", headers={"Retry-After": "1"})
     for slot in registry.slots:
         if slot.model is None:
             registry.get(slot.name)  # raises the precise not-ready error
@@ -42,7 +49,7 @@ async def readyz(registry: Annotated[ModelRegistry, Depends(get_registry)]) -> S
     return Status(status="ready")
 
 
-@router.get("/models", response_model=list[ModelInfo], tags=["models"])
+@router.get("/models", response_model=list[ModelInfo], tags=["models"], responses={401: ERROR_RESPONSES[401]})
 async def models(registry: Annotated[ModelRegistry, Depends(get_registry)]) -> list[ModelInfo]:
     """Configured models, with their config and whether each is ready."""
     infos = []

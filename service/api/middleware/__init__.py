@@ -1,0 +1,32 @@
+"""Pure ASGI middleware (no BaseHTTPMiddleware: streams pass through untouched, disconnects stay visible).
+
+Order, outermost first: request id + access log → tracing → metrics → drain → auth → body size limit.
+So every response, a 401 or a 503 included, carries ``X-Request-Id``, is logged, traced and counted,
+and an unauthenticated body is never buffered.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from service.api.body_limit import BodySizeLimit
+from service.api.middleware.auth import ApiKeyAuth
+from service.api.middleware.drain import DrainGate
+from service.api.middleware.metrics import HttpMetrics
+from service.api.middleware.request_id import RequestIdAndAccessLog
+from service.api.middleware.tracing import Tracing
+from service.serving import Serving
+from service.settings import Settings
+
+
+def install_middleware(app: FastAPI, settings: Settings, serving: Serving, tracer_provider: object | None) -> None:
+    """Add the stack; Starlette runs the last added outermost."""
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    digests = settings.api_key_digests()
+    if digests:
+        app.add_middleware(ApiKeyAuth, digests=digests)
+    app.add_middleware(DrainGate, drain=serving.drain)
+    app.add_middleware(HttpMetrics)
+    if tracer_provider is not None:
+        app.add_middleware(Tracing, tracer=tracer_provider.get_tracer("glassbox"))  # type: ignore[attr-defined]
+    app.add_middleware(RequestIdAndAccessLog)

@@ -1,0 +1,288 @@
+"""Continuous batching: one model's generations share each decode step.
+
+A request joins the running batch at the next step boundary after a solo prefill (so its first token is
+exactly what it would be alone), decodes one token per step alongside the others, and leaves as soon as
+it finishes, is cancelled or passes its deadline. Sampling, seeds, stop strings, logprobs and streaming
+stay per request in :class:`~service.engine.generation.SequenceDecoder`.
+
+All model work runs on the model's single worker thread (``LoadedModel.run``) in slices of at most
+``slice_s``; between slices other work queued on that thread (an /explain) gets its turn. A slice admits
+new rows by itself, so arrivals never wait for a slice to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from service.engine.generation import GeneratedToken, GenerationOutput, SequenceDecoder
+from service.engine.sampling import SamplingParams
+from service.errors import GlassboxError, ShuttingDown
+from service.metrics import BATCH_SIZE, TIME_PER_OUTPUT_TOKEN, TIME_TO_FIRST_TOKEN, TOKENS
+from service.models.loaded import LoadedModel, as_oom_error, is_oom
+from service.serving.deadline import Deadline
+from service.serving.kv_batch import KVBatch, is_mergeable
+
+log = logging.getLogger(__name__)
+
+#: Prompt tokens prefilled between two decode steps (at least one whole prompt): bounds the stall that
+#: joining requests cause to running streams.
+_PREFILL_TOKENS_PER_STEP = 512
+
+
+@dataclass(eq=False)
+class _Job:
+    """One request inside the batcher. Its future is resolved on the event loop, never on the model thread."""
+
+    prompt_ids: list[int]
+    decoder: SequenceDecoder
+    deadline: Deadline | None
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[GenerationOutput]
+    arrived: float  # time.monotonic() when the request arrived (for time to first token)
+    enqueued: float = field(default_factory=time.perf_counter)
+    queue_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_started: float = 0.0
+    abandoned: threading.Event = field(default_factory=threading.Event)
+
+    def stop_reason(self) -> str | None:
+        if self.abandoned.is_set():
+            return "cancelled"
+        return self.deadline.stop_reason() if self.deadline is not None else None
+
+    def resolve(self, output: GenerationOutput | None, error: BaseException | None = None) -> None:
+        def settle() -> None:
+            if self.future.done():
+                return
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(output)  # type: ignore[arg-type]
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            self.loop.call_soon_threadsafe(settle)
+
+
+class Batcher:
+    """Owns generation for one model: a queue of arrivals and the batch decoding on the model thread."""
+
+    def __init__(self, lm: LoadedModel, *, max_batch_size: int, slice_s: float = 0.25) -> None:
+        self.lm = lm
+        self.max_batch_size = max_batch_size
+        self._slice_s = slice_s
+        self._pending: deque[_Job] = deque()  # appended on the loop, popped on the model thread
+        self._rows: list[_Job] = []  # model thread only (read on the loop between slices)
+        self._kv = KVBatch(lm.device)
+        self._capacity = max_batch_size
+        self._mergeable: bool | None = None
+        self._closed = False
+        self._wake = asyncio.Event()
+        self._driver: asyncio.Task[None] | None = None
+        self._last_logits = "logits_to_keep" in inspect.signature(lm.model.forward).parameters
+
+    async def generate(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        *,
+        deadline: Deadline | None = None,
+        on_token: Callable[[GeneratedToken], None] | None = None,
+    ) -> tuple[GenerationOutput, float]:
+        """Generate for one prompt; returns the output and the seconds it waited to be prefilled.
+
+        The output's ``finish_reason`` is ``cancelled`` or ``timeout`` when the deadline stopped it. If the
+        awaiting task is cancelled, the row stops at its next token.
+        """
+        if self._closed:
+            raise ShuttingDown("the server is shutting down")
+        loop = asyncio.get_running_loop()
+        decoder = SequenceDecoder(self.lm, params, on_token)
+        arrived = deadline.started if deadline is not None else time.monotonic()
+        job = _Job(prompt_ids, decoder, deadline, loop, loop.create_future(), arrived)
+        self._pending.append(job)
+        self._kick()
+        try:
+            output = await job.future
+        except asyncio.CancelledError:
+            job.abandoned.set()
+            raise
+        return output, job.queue_s
+
+    @property
+    def running(self) -> int:
+        return len(self._rows)
+
+    def _kick(self) -> None:
+        if self._driver is None or self._driver.done():
+            self._driver = asyncio.create_task(self._drive(), name=f"batcher-{self.lm.name}")
+        self._wake.set()
+
+    async def _drive(self) -> None:
+        """Keep slices going while there is work; the model thread does the rest."""
+        while not self._closed:
+            await self._wake.wait()
+            self._wake.clear()
+            while (self._pending or self._rows) and not self._closed:
+                try:
+                    await self.lm.run(self._slice)
+                except Exception as exc:  # a bug or a dead executor: fail everyone, keep the server up
+                    log.exception("batch slice failed for model %s", self.lm.name)
+                    self._fail_all(exc)
+        self._fail_all(ShuttingDown("the server is shutting down"))
+
+    def _fail_all(self, exc: BaseException) -> None:
+        error = exc if isinstance(exc, GlassboxError) else GlassboxError("internal error; it has been logged")
+        for job in [*self._rows, *self._pending]:
+            job.resolve(None, error)
+        self._rows = []
+        self._pending.clear()
+        self._kv.keep([])
+
+    async def close(self) -> None:
+        """Stop after the current slice; whatever is left fails with 503 shutting down."""
+        self._closed = True
+        self._wake.set()
+        if self._driver is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._driver
+        self._fail_all(ShuttingDown("the server is shutting down"))
+
+    # --- on the model thread ---
+
+    def _slice(self) -> None:
+        until = time.perf_counter() + self._slice_s
+        with torch.inference_mode():
+            while (self._pending or self._rows) and not self._closed:
+                self._admit()
+                if self._rows:
+                    self._step()
+                if time.perf_counter() >= until:
+                    return
+
+    def _admit(self) -> None:
+        budget = _PREFILL_TOKENS_PER_STEP
+        while self._pending and len(self._rows) < self._capacity and budget > 0:
+            job = self._pending.popleft()
+            job.queue_s = time.perf_counter() - job.enqueued
+            reason = job.stop_reason()
+            if reason is not None:  # left or timed out while queued: no model time spent on it
+                job.decoder.stop(reason)
+                self._finish(job)
+                continue
+            budget -= len(job.prompt_ids)
+            self._prefill(job)
+
+    def _forward(self, **inputs: Any) -> tuple[torch.Tensor, Any]:
+        """Next-token logits [rows, vocab] and the cache (only the last position's logits where allowed)."""
+        if self._last_logits:
+            inputs["logits_to_keep"] = 1
+        out = self.lm.model(**inputs)
+        return out.logits[:, -1], out.cache
+
+    def _prefill(self, job: _Job) -> None:
+        started = time.perf_counter()
+        try:
+            ids = torch.tensor([job.prompt_ids], device=self.lm.device)
+            logits, cache = self._forward(input_ids=ids, use_cache=True)
+        except Exception as exc:
+            self._fail(job, exc)
+            return
+        job.prefill_s = time.perf_counter() - started
+        job.decode_started = time.perf_counter()
+        TOKENS.labels(model=self.lm.name, kind="prompt").inc(len(job.prompt_ids))
+        if self._mergeable is None:
+            self._mergeable = is_mergeable(cache)
+            if not self._mergeable:
+                self._capacity = 1
+                log.info("model %s: cache type %s cannot be batched; one sequence at a time", self.lm.name, cache)
+        if self._push(job, logits[0]):
+            return
+        self._kv.add(cache, len(job.prompt_ids))
+        self._rows.append(job)
+
+    def _push(self, job: _Job, logits: torch.Tensor) -> bool:
+        """Feed one row its logits; True when it is finished (and resolved)."""
+        reason = job.stop_reason()
+        if reason is not None:
+            job.decoder.stop(reason)
+            self._finish(job)
+            return True
+        try:
+            first = not job.decoder.tokens
+            done = job.decoder.push(logits)
+        except Exception as exc:
+            self._fail(job, exc)
+            return True
+        if first:
+            TIME_TO_FIRST_TOKEN.labels(model=self.lm.name).observe(time.monotonic() - job.arrived)
+        if done:
+            self._finish(job)
+        return done
+
+    def _step(self) -> None:
+        self._reap()
+        rows = self._rows
+        if not rows:
+            return
+        try:
+            logits, _ = self._forward(**self._kv.step_inputs([job.decoder.last_id for job in rows]))
+        except Exception as exc:
+            # The batch shares one forward pass: on failure (out of memory, typically) every row fails and
+            # the cache is dropped, so the next request starts clean.
+            for job in rows:
+                self._fail(job, exc)
+            self._rows = []
+            self._kv.keep([])
+            return
+        BATCH_SIZE.labels(model=self.lm.name).observe(len(rows))
+        keep = [i for i, job in enumerate(rows) if not self._push(job, logits[i])]
+        if len(keep) < len(rows):
+            self._kv.keep(keep)
+            self._rows = [rows[i] for i in keep]
+
+    def _reap(self) -> None:
+        """Drop rows whose client left or whose deadline passed, before spending a step on them."""
+        stopped = [i for i, job in enumerate(self._rows) if job.stop_reason() is not None]
+        if not stopped:
+            return
+        for i in stopped:
+            job = self._rows[i]
+            job.decoder.stop(job.stop_reason() or "cancelled")
+            self._finish(job)
+        keep = [i for i in range(len(self._rows)) if i not in set(stopped)]
+        self._kv.keep(keep)
+        self._rows = [self._rows[i] for i in keep]
+
+    def _finish(self, job: _Job) -> None:
+        decode_s = time.perf_counter() - job.decode_started if job.decode_started else 0.0
+        try:
+            output = job.decoder.finish(job.prefill_s, decode_s)
+        except Exception as exc:
+            self._fail(job, exc)
+            return
+        if output.tokens:
+            TOKENS.labels(model=self.lm.name, kind="completion").inc(len(output.tokens))
+        if len(output.tokens) > 1:
+            TIME_PER_OUTPUT_TOKEN.labels(model=self.lm.name).observe(decode_s / (len(output.tokens) - 1))
+        job.resolve(output)
+
+    def _fail(self, job: _Job, exc: BaseException) -> None:
+        if is_oom(exc):
+            error: BaseException = as_oom_error(exc, self.lm)
+        elif isinstance(exc, GlassboxError):
+            error = exc
+        else:
+            log.error("generation failed for model %s", self.lm.name, exc_info=exc)
+            error = GlassboxError("internal error; it has been logged")
+        job.resolve(None, error)

@@ -1,0 +1,41 @@
+"""Graceful shutdown state: after SIGTERM, readiness fails at once, new work is refused, and the process
+exits when in-flight requests finish or the drain timeout passes (whichever is first)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+log = logging.getLogger(__name__)
+
+
+class Drain:
+    """Counts requests in flight and says when shutting down may proceed.
+
+    Plain attributes on purpose: ``begin`` runs inside a signal handler (between two bytecodes of the event
+    loop's thread), where only setting flags is safe; everything else runs on the event loop.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.inflight = 0
+        self.started_at: float | None = None
+
+    @property
+    def draining(self) -> bool:
+        return self.started_at is not None
+
+    def begin(self) -> None:
+        if self.started_at is None:
+            self.started_at = time.monotonic()
+
+    def finished(self) -> bool:
+        """True once draining and nothing is in flight, or the timeout has passed."""
+        if self.started_at is None:
+            return False
+        if self.inflight <= 0:
+            return True
+        if time.monotonic() - self.started_at >= self.timeout_s:
+            log.warning("drain timeout of %.0f s passed with %d request(s) in flight", self.timeout_s, self.inflight)
+            return True
+        return False

@@ -1,0 +1,46 @@
+"""The serving machinery of one app, in one object the routes and use cases receive."""
+
+from __future__ import annotations
+
+from service.metrics import MODEL_INFO
+from service.models.loaded import LoadedModel
+from service.models.registry import ModelRegistry
+from service.serving.admission import Admission
+from service.serving.batcher import Batcher
+from service.serving.deadline import Deadline
+from service.serving.drain import Drain
+from service.settings import Settings
+
+
+class Serving:
+    """Admission per model, one batcher per model (created on first use), deadlines and the drain state."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.admission = Admission(settings.max_concurrency, settings.max_queue)
+        self.drain = Drain(settings.drain_timeout_s)
+        self._batchers: dict[str, Batcher] = {}
+
+    def deadline(self, requested_ms: int | None = None) -> Deadline:
+        """A deadline starting now: the server's limit, lowered by the client's if it asked for less."""
+        return Deadline.for_request(self.settings.request_timeout_s, requested_ms)
+
+    def batcher(self, lm: LoadedModel) -> Batcher:
+        batcher = self._batchers.get(lm.name)
+        if batcher is None or batcher.lm is not lm:
+            batcher = self._batchers[lm.name] = Batcher(lm, max_batch_size=self.settings.max_batch_size)
+        return batcher
+
+    async def close(self) -> None:
+        for batcher in self._batchers.values():
+            await batcher.close()
+        self._batchers.clear()
+
+
+def publish_model_info(registry: ModelRegistry) -> None:
+    """``glassbox_model_info`` for each loaded model (called once loading ends)."""
+    for slot in registry.slots:
+        lm = slot.model
+        if lm is not None:
+            dtype = str(lm.dtype).removeprefix("torch.")
+            MODEL_INFO.labels(model=lm.name, revision=lm.revision, device=str(lm.device), dtype=dtype).set(1)

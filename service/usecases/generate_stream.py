@@ -1,0 +1,136 @@
+"""Streaming /generate: the slot is taken and the prompt checked before the response starts (so errors keep
+their status codes), then tokens flow as the batch produces them, and the slot is held until the stream ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from schemas.common import ErrorBody, ErrorDetail
+from schemas.generate import GenerateRequest, GenerateResponse, TokenEvent
+from service.engine.generation import GeneratedToken, GenerationOutput
+from service.engine.prompt import PromptTokens
+from service.errors import GlassboxError
+from service.metrics import record_failure
+from service.models.loaded import LoadedModel
+from service.models.registry import ModelRegistry
+from service.serving import Batcher, Deadline, Serving
+from service.settings import Settings
+from service.usecases.generate import build_response, check_new_tokens, raise_if_stopped, sampling_params, tokenize
+from service.usecases.tokens import generated_token
+
+log = logging.getLogger(__name__)
+
+StreamItem = TokenEvent | GenerateResponse | ErrorBody
+
+
+class GenerationStream:
+    """One streaming generation. ``events`` yields token events, then the response or an error body;
+    ``close`` (idempotent) stops the model at its next token and frees the slot, and must always run."""
+
+    def __init__(
+        self,
+        *,
+        lm: LoadedModel,
+        prompt: PromptTokens,
+        req: GenerateRequest,
+        batcher: Batcher,
+        deadline: Deadline,
+        slot: contextlib.AsyncExitStack,
+        tokenize_s: float,
+        waited_s: float,
+    ) -> None:
+        self._lm, self._prompt, self._req, self._batcher = lm, prompt, req, batcher
+        self._deadline, self._slot = deadline, slot
+        self._tokenize_s, self._waited_s = tokenize_s, waited_s
+        self._task: asyncio.Future[tuple[GenerationOutput, float]] | None = None
+
+    def _token(self, index: int, token: GeneratedToken) -> TokenEvent:
+        return TokenEvent(index=index, token=generated_token(self._lm, token, logprobs=self._req.logprobs))
+
+    async def events(self) -> AsyncIterator[StreamItem]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[GeneratedToken] = asyncio.Queue()
+
+        def on_token(token: GeneratedToken) -> None:  # on the model thread
+            loop.call_soon_threadsafe(queue.put_nowait, token)
+
+        params = sampling_params(self._req)
+        task = self._task = asyncio.ensure_future(
+            self._batcher.generate(self._prompt.ids, params, deadline=self._deadline, on_token=on_token)
+        )
+        index = 0
+        try:
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    break
+                yield self._token(index, getter.result())
+                index += 1
+            while not queue.empty():  # tokens scheduled before the generation finished
+                yield self._token(index, queue.get_nowait())
+                index += 1
+            output, queue_s = task.result()
+            raise_if_stopped(output, self._deadline)
+            yield build_response(
+                self._lm,
+                self._prompt,
+                self._req,
+                output,
+                tokenize_s=self._tokenize_s,
+                queue_s=self._waited_s + queue_s,
+            )
+        except GlassboxError as exc:
+            record_failure("/generate", exc.type)
+            yield ErrorBody(error=ErrorDetail(message=exc.message, type=exc.type, param=exc.param, code=exc.code))
+        except asyncio.CancelledError:  # the client went away (the response's disconnect watcher cancels us)
+            record_failure("/generate", "cancelled")
+            raise
+        except Exception:
+            log.exception("streaming generation failed")
+            record_failure("/generate", "internal_error")
+            yield ErrorBody(error=ErrorDetail(message="internal error; it has been logged", type="internal_error"))
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._deadline.cancel()  # the row stops at its next token
+            self._task.cancel()
+        await self._slot.aclose()
+
+
+async def open_stream(
+    registry: ModelRegistry,
+    settings: Settings,
+    req: GenerateRequest,
+    *,
+    serving: Serving,
+    deadline: Deadline | None = None,
+) -> GenerationStream:
+    """Everything that can fail with a status code: model, limits, a slot, tokenization."""
+    lm = registry.get(req.model)
+    check_new_tokens(settings, req.max_new_tokens)
+    deadline = deadline or serving.deadline()
+    slot = contextlib.AsyncExitStack()
+    waited = await slot.enter_async_context(serving.admission.slot(lm.name, deadline))
+    try:
+        prompt, tokenize_s = await tokenize(lm, settings, req)
+    except BaseException:
+        await slot.aclose()
+        raise
+    return GenerationStream(
+        lm=lm,
+        prompt=prompt,
+        req=req,
+        batcher=serving.batcher(lm),
+        deadline=deadline,
+        slot=slot,
+        tokenize_s=tokenize_s,
+        waited_s=waited,
+    )
