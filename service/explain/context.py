@@ -18,7 +18,7 @@ class Forward:
     """One forward over prompt + answer with teacher forcing: every target's output at once."""
 
     leaf: torch.Tensor  # [1, T, d] input embeddings (requires grad when gradients are needed)
-    row_scores: torch.Tensor  # [1, R] attributed function per row (contrast applied)
+    row_scores: torch.Tensor | None  # [1, R] attributed function per row, contrast applied (tokens scope)
     span_score: torch.Tensor | None  # [1] attributed function of the span (sequence scope)
     answer_logprobs: list[float]  # every answer token's log-probability
     foil_logprobs: list[float] | None
@@ -80,8 +80,9 @@ class Context:
         leaf = self.embeddings.unsqueeze(0).clone().requires_grad_(self._gradients)
         with torch.set_grad_enabled(self._gradients):
             out = fw.run(self.model, leaf, self.answer_logits_positions(), attentions=self._attentions)
-            row_scores = self.row_scores(out.logits[:, self.row_index()])
-            span_score = self.span_score(out.logits[:, self.span_index()]) if "sequence" in self.task.scopes else None
+            scopes = self.task.scopes
+            row_scores = self.row_scores(out.logits[:, self.row_index()]) if "tokens" in scopes else None
+            span_score = self.span_score(out.logits[:, self.span_index()]) if "sequence" in scopes else None
             answer_ids = self.targets[self.task.prompt_len :]
             lps = logprobs(out.logits.detach(), answer_ids)[0].tolist()
             foils = self.foils()
@@ -97,14 +98,15 @@ class Context:
         fwd = self.forward
         saliency = ixg = seq_saliency = seq_ixg = None
         x = self.embeddings
-        if "tokens" in task.scopes and task.rows:
+        if fwd.row_scores is not None and task.rows:
             count = len(task.rows)
             saliency = torch.zeros(count, task.seq_len)
             ixg = torch.zeros(count, task.seq_len)
             for start in range(0, count, task.chunks.targets):
                 chunk = range(start, min(count, start + task.chunks.targets))
                 vectors = fw.one_hot_rows(chunk, count, 1, None, fwd.row_scores)
-                grads = fw.batched_input_grads(fwd.row_scores, fwd.leaf, vectors)[:, 0]  # [c, T, d]
+                keep = chunk.stop < count or fwd.span_score is not None  # free the graph after its last use
+                grads = fw.batched_input_grads(fwd.row_scores, fwd.leaf, vectors, keep_graph=keep)[:, 0]
                 saliency[chunk.start : chunk.stop] = grads.norm(dim=-1).float().cpu()
                 ixg[chunk.start : chunk.stop] = (grads * x).sum(-1).float().cpu()
         if "sequence" in task.scopes:
@@ -118,7 +120,7 @@ class Context:
         fwd = self.forward
         assert fwd.span_score is not None
         sources = self.task.sequence_sources
-        (grad,) = torch.autograd.grad(fwd.span_score.sum(), fwd.leaf, retain_graph=True)
+        (grad,) = torch.autograd.grad(fwd.span_score.sum(), fwd.leaf)  # the last pass over this graph
         grad = grad[0, :sources]
         contrast = self.task.contrast_sequence
         if contrast is not None:

@@ -40,7 +40,7 @@ class ModelDims:
 
     def graph_bytes(self, batch: int, seq: int, kept: int, eager: bool) -> int:
         """Activations a forward keeps for backward, plus the kept logits (float32, with softmax)."""
-        per_token = self.layers * (16 * self.hidden + 5 * self.intermediate) * self.elem
+        per_token = self.layers * (8 * self.hidden + 3 * self.intermediate) * self.elem
         attention = self.layers * self.heads * seq * seq * self.elem * (3 if eager else 1)
         return batch * (seq * per_token + attention + kept * self.vocab * 4 * 3)
 
@@ -97,13 +97,15 @@ def plan_chunks(shape: Shape, dims: ModelDims, memory_bytes: int, *, eager: bool
     seq, kept = shape.seq_len, shape.answer_len
     graph = dims.graph_bytes(1, seq, kept, eager)
     targets = _fit(memory_bytes, graph, dims.backward_bytes(1, 1, seq, kept), MAX_CHUNK)
-    steps = MAX_CHUNK
+    steps = ig_targets = MAX_CHUNK
     if ig:
-        # half the budget to the interpolated batch, half to its backward passes
-        per_step = dims.graph_bytes(1, seq, shape.rows, False) + dims.backward_bytes(1, 1, seq, shape.rows)
-        steps = _fit(memory_bytes, 0, per_step, MAX_CHUNK)
+        # half the budget to the interpolated batch, half to the batched backward passes over it
+        step_graph = dims.graph_bytes(1, seq, shape.rows, False)
+        step_backward = dims.backward_bytes(1, 1, seq, shape.rows)
+        steps = _fit(memory_bytes // 2, 0, step_graph, MAX_CHUNK)
+        ig_targets = _fit(memory_bytes, steps * step_graph, max(1, steps) * step_backward, MAX_CHUNK)
     sequences = _fit(memory_bytes, 0, dims.graph_bytes(1, seq, kept, False) // 4, MAX_CHUNK)
-    return Chunks(targets=targets, steps=steps, sequences=sequences)
+    return Chunks(targets=targets, steps=steps, sequences=sequences, ig_targets=ig_targets)
 
 
 def forward_cost(shape: Shape, dims: ModelDims, *, gradients: bool, eager: bool) -> Cost:

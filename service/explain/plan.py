@@ -3,6 +3,7 @@ refuses over-budget work before any model time is spent."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -244,6 +245,6 @@ def make_plan(
         contrast_ids=contrast_ids if "sequence" in options.scope else None,
         pad_id=pad_id,
         methods=methods,
-        chunks=Chunks(targets=max(1, chunks.targets), steps=max(1, chunks.steps), sequences=max(1, chunks.sequences)),
+        chunks=Chunks(*(max(1, size) for size in dataclasses.astuple(chunks))),
     )
     return Plan(task, units, sequence_units, rows, span, total.work, values)

@@ -27,16 +27,16 @@ class _Phrase:
     score: float
 
 
-def _phrases(scores: np.ndarray, units: Sequence[Unit], picked: list[int]) -> list[_Phrase]:
-    """Adjacent picked units of the same message merge into one phrase ('Gustave' + 'Eiffel')."""
+def _phrases(scores: np.ndarray, units: Sequence[Unit], picked: list[int], texts: dict[str, str]) -> list[_Phrase]:
+    """Picked units with only whitespace between them merge into one phrase ('Gustave' + 'Eiffel')."""
     phrases: list[_Phrase] = []
     for u in sorted(picked):
         last = phrases[-1] if phrases else None
         if (
             last is not None
             and last.units[-1] == u - 1
-            and units[u].message_index == units[u - 1].message_index
             and units[u].kind == units[u - 1].kind
+            and not texts[units[u].kind][units[u - 1].end : units[u].start].strip()
         ):
             last.units.append(u)
             last.score += float(scores[u])
@@ -67,21 +67,21 @@ def summarize(
         return f"{what} shows no measurable dependence on the input ({LABELS.get(method, method)})."
     magnitude = np.abs(scores)
     share = magnitude / magnitude.sum()
-    order = [int(i) for i in np.argsort(-magnitude) if share[i] >= 0.04][:3] or [int(np.argmax(magnitude))]
-    supporting = [i for i in order if scores[i] > 0] or ([] if method not in ("saliency",) else order)
-    against = [i for i in order if scores[i] < 0 and method != "saliency"]
-    parts = []
-    for phrase in sorted(_phrases(share * np.sign(scores), units, supporting), key=lambda p: -abs(p.score)):
-        where = ""
-        first = units[phrase.units[0]]
-        if chat and first.message_index is not None and first.kind == "prompt":
-            where = f" in message {first.message_index}" + (f" ({first.role})" if first.role else "")
-        elif first.kind == "answer":
-            where = " earlier in the answer"
-        parts.append(f"'{_text(phrase, units, texts)}' ({abs(phrase.score):.0%}){where}")
+    order = [int(i) for i in np.argsort(-magnitude) if share[i] >= 0.04][:6] or [int(np.argmax(magnitude))]
+    supporting = [i for i in order if scores[i] > 0]
+    against = [i for i in order[:3] if scores[i] < 0]
+    phrases = sorted(_phrases(share * np.sign(scores), units, supporting, texts), key=lambda p: -abs(p.score))[:3]
+    places = [_where(units[p.units[0]], chat) for p in phrases]
+    shared = len(set(places)) == 1
+    parts = [
+        f"'{_text(p, units, texts)}' ({abs(p.score):.0%})" + ("" if shared else place)
+        for p, place in zip(phrases, places, strict=True)
+    ]
+    if parts and shared:
+        parts[-1] += places[0]
     sentence = f"{what} rests mostly on " + _join(parts) if parts else f"{what} has no strong support in the input"
     if against:
-        phrase = _phrases(share * np.sign(scores), units, against[:1])[0]
+        phrase = _phrases(share * np.sign(scores), units, against[:1], texts)[0]
         sentence += f"; '{_text(phrase, units, texts)}' ({abs(phrase.score):.0%}) weighs against it"
     return sentence + f" ({LABELS.get(method, method)}, share of absolute attribution)."
 
@@ -90,3 +90,11 @@ def _join(parts: list[str]) -> str:
     if len(parts) <= 1:
         return "".join(parts)
     return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _where(unit: Unit, chat: bool) -> str:
+    if unit.kind == "answer":
+        return " earlier in the answer"
+    if chat and unit.message_index is not None:
+        return f" in message {unit.message_index}" + (f" ({unit.role})" if unit.role else "")
+    return ""

@@ -15,6 +15,7 @@ class Chunks:
     targets: int = 8  # targets per batched backward pass
     steps: int = 8  # integrated-gradients steps per forward pass
     sequences: int = 8  # occluded sequences per forward pass
+    ig_targets: int = 8  # targets per batched backward over a batch of integrated-gradients steps
 
 
 @dataclass(frozen=True)

@@ -83,8 +83,8 @@ def test_ig_completeness_within_one_percent(model, ids):
 
 @pytest.mark.parametrize(("steps", "targets"), [(1, 1), (5, 2), (16, 16)])
 def test_ig_chunked_equals_unbatched(model, ids, steps, targets):
-    reference = explain(model, make_task(ids, _ig(7), chunks=Chunks(targets=1, steps=1))).outputs
-    chunked = explain(model, make_task(ids, _ig(7), chunks=Chunks(targets=targets, steps=steps))).outputs
+    reference = explain(model, make_task(ids, _ig(7), chunks=Chunks(ig_targets=1, steps=1))).outputs
+    chunked = explain(model, make_task(ids, _ig(7), chunks=Chunks(ig_targets=targets, steps=steps))).outputs
     np.testing.assert_allclose(
         chunked["integrated_gradients"].tokens, reference["integrated_gradients"].tokens, rtol=1e-6, atol=1e-12
     )

@@ -75,8 +75,8 @@ def tokens_ig(ctx: Context, opts: IntegratedGradientsOptions) -> torch.Tensor:
         alpha = alpha.to(device=x.device, dtype=x.dtype).view(-1, 1, 1)
         leaf = (start + alpha * delta).requires_grad_(True)  # [k, T, d]
         scores = ctx.row_scores(fw.run(ctx.model, leaf, keep).logits)  # [k, R]
-        for first in range(0, count, task.chunks.targets):
-            chunk = range(first, min(count, first + task.chunks.targets))
+        for first in range(0, count, task.chunks.ig_targets):
+            chunk = range(first, min(count, first + task.chunks.ig_targets))
             vectors = fw.one_hot_rows(chunk, count, leaf.shape[0], weight.to(x.device), scores)
             grads = fw.batched_input_grads(scores, leaf, vectors, keep_graph=chunk.stop < count)
             total[chunk.start : chunk.stop] += (grads.sum(1) * delta).sum(-1).double().cpu()

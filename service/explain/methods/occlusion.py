@@ -56,6 +56,7 @@ def tokens_occlusion(ctx: Context) -> np.ndarray:
     """[R, U]: a unit is scored only against the rows entirely after it (others are 0)."""
     task = ctx.task
     rows = list(task.rows)
+    assert ctx.forward.row_scores is not None
     base = ctx.forward.row_scores.detach()[0].cpu()  # [R]
     out = np.zeros((len(rows), len(task.units)), dtype=np.float32)
     scored = [u for u, unit in enumerate(task.units) if unit and max(unit) < rows[-1]]
