@@ -98,7 +98,9 @@ class GenerateResponse(BaseModel):
     tokens: list[Token] = Field(description="The generated tokens (the end-of-sequence token excluded).")
     usage: Usage
     model: ModelRef
-    seed: int | None = Field(description="The seed used (drawn at random for unseeded sampling).")
+    seed: int | None = Field(
+        None, description="The seed used (drawn at random for unseeded sampling); absent when greedy."
+    )
     timings: Timings
     cache: Literal["hit", "miss", "bypass", "error"] | None = Field(
         None, description="What the response cache did (also in the `X-Cache` header); timings are the original's."

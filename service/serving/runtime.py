@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.metrics import MODEL_INFO
+from service.metrics import INFLIGHT, MODEL_INFO, QUEUE_DEPTH
 from service.models.loaded import LoadedModel
 from service.models.registry import ModelRegistry
 from service.serving.admission import Admission
@@ -38,9 +38,12 @@ class Serving:
 
 
 def publish_model_info(registry: ModelRegistry) -> None:
-    """``glassbox_model_info`` for each loaded model (called once loading ends)."""
+    """``glassbox_model_info`` for each loaded model (called once loading ends), and the load gauges at 0 so
+    the autoscaling series exist before the first request."""
     for slot in registry.slots:
         lm = slot.model
         if lm is not None:
             dtype = str(lm.dtype).removeprefix("torch.")
             MODEL_INFO.labels(model=lm.name, revision=lm.revision, device=str(lm.device), dtype=dtype).set(1)
+            QUEUE_DEPTH.labels(model=lm.name)
+            INFLIGHT.labels(model=lm.name)

@@ -58,6 +58,7 @@ class RequestIdAndAccessLog:
                 path,
                 status,
                 extra={
+                    "request_id": request_id,
                     "method": scope["method"],
                     "path": path,
                     "status": status,

@@ -26,10 +26,30 @@ from service.usecases.generate_stream import GenerationStream, open_stream
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["generate"])
 
+
+def _event(name: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """One kind of SSE event: its name, and its data as JSON of the given schema."""
+    data = {"type": "string", "contentMediaType": "application/json", **payload}
+    return {"properties": {"event": {"const": name}, "data": data}}
+
+
 _STREAM_DOC = {
-    "description": "The answer; with `stream: true`, `text/event-stream` of `token` events and a final "
-    "`done` event carrying this same object (or an `error` event with the error body).",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    "description": "The answer; with `stream: true`, `text/event-stream` of `token` events (a `TokenEvent`), "
+    "then one `done` event carrying this same object, or an `error` event with the error body.",
+    "content": {
+        "text/event-stream": {
+            # OpenAPI < 3.2: `schema` describes each event.
+            "schema": {
+                "type": "object",
+                "required": ["event", "data"],
+                "oneOf": [
+                    _event("token", {}),
+                    _event("done", {"contentSchema": {"$ref": "#/components/schemas/GenerateResponse"}}),
+                    _event("error", {"contentSchema": {"$ref": "#/components/schemas/ErrorBody"}}),
+                ],
+            }
+        }
+    },
 }
 
 
