@@ -7,12 +7,13 @@ PORT ?= 8000
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
+LOADTEST_ARGS ?=
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.glassbox-installed
 TORCH_INDEX_ARGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: setup serve test test-fast lint format bench-explain bench-cache bench-serve check-deploy clean
+.PHONY: setup serve test test-fast lint format bench-explain bench-cache bench-serve loadtest check-deploy clean
 
 setup: $(STAMP)
 
@@ -50,6 +51,10 @@ bench-cache: $(STAMP)
 
 bench-serve: $(STAMP)
 	$(BIN)/python bench/bench_serve.py
+
+# Locust scenarios on loopback (steady, overload, hot cache, Redis stopped); LOADTEST_ARGS=--short for CI.
+loadtest: $(STAMP)
+	$(BIN)/python loadtest/run.py $(LOADTEST_ARGS)
 
 check-deploy:
 	bash scripts/check-deploy.sh

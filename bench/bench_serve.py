@@ -1,0 +1,200 @@
+"""Serving throughput: `/generate` on the default model at 1, 4, 8 and 16 concurrent clients, next to the
+same requests run one at a time through plain `model.generate`, in one run.
+
+    .venv/bin/python bench/bench_serve.py [--max-new-tokens 64] [--levels 1,4,8,16]
+
+The baseline runs first, in this process; then `glassbox serve` starts in a subprocess on loopback (cache
+off, so every request reaches the model) and clients send greedy chat requests with httpx. Each client
+sends its requests back to back. Tokens/s counts generated tokens; latency is per request, client side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import torch
+
+from schemas.common import ChatMessage
+from service.engine.prompt import build_prompt
+from service.models.loader import load_model
+from service.settings import DEFAULT_MODEL, Settings
+
+REPO = Path(__file__).resolve().parents[1]
+TOPICS = [
+    "a lighthouse keeper and a storm", "a robot learning to paint", "a city under the sea", "the last train home",
+    "a cat who runs a bakery", "two rival chess players", "a map that changes overnight", "a forgotten library",
+    "a river that flows uphill", "a violin with a secret", "the first day on Mars", "a garden in winter",
+    "a detective who cannot lie", "a clock that runs backwards", "a dragon afraid of fire", "an empty stadium",
+]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def messages(i: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"Write a short story about {TOPICS[i % len(TOPICS)]}."}]
+
+
+@dataclass
+class Level:
+    clients: int
+    requests: int
+    tokens: int
+    wall_s: float
+    latencies: list[float]
+    outputs: dict[int, list[int]]
+
+    def row(self, baseline_tps: float) -> str:
+        tps = self.tokens / self.wall_s
+        p50 = statistics.median(self.latencies)
+        p95 = statistics.quantiles(self.latencies, n=20)[-1] if len(self.latencies) > 1 else p50
+        return (
+            f"| {self.clients:>7} | {self.requests:>8} | {tps:>8.1f} | {self.requests / self.wall_s:>6.2f} "
+            f"| {p50:>7.2f} | {p95:>7.2f} | {tps / baseline_tps:>6.2f}x |"
+        )
+
+
+def baseline(max_new_tokens: int, count: int) -> tuple[float, float, dict[int, list[int]], list[float]]:
+    """Plain `model.generate`, greedy, one request at a time: (tokens/s, requests/s, outputs, latencies)."""
+    lm = load_model(DEFAULT_MODEL, DEFAULT_MODEL, Settings(device="cpu"))
+    eos = list(lm.eos_ids)
+    outputs: dict[int, list[int]] = {}
+    latencies = []
+    tokens = 0
+    started = time.perf_counter()
+    for i in range(count):
+        chat = [ChatMessage(**m) for m in messages(i)]  # type: ignore[arg-type]
+        ids = torch.tensor([build_prompt(lm.tokenizer, messages=chat).ids])
+        began = time.perf_counter()
+        with torch.inference_mode():
+            out = lm.model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=eos[0],
+            )
+        latencies.append(time.perf_counter() - began)
+        new = [t for t in out[0, ids.shape[1] :].tolist() if t not in eos]
+        outputs[i] = new
+        tokens += len(new)
+    wall = time.perf_counter() - started
+    del lm
+    gc.collect()
+    return tokens / wall, count / wall, outputs, latencies
+
+
+async def run_level(url: str, clients: int, per_client: int, max_new_tokens: int) -> Level:
+    latencies: list[float] = []
+    outputs: dict[int, list[int]] = {}
+    tokens = 0
+
+    async def client(k: int, http: httpx.AsyncClient) -> None:
+        nonlocal tokens
+        for j in range(per_client):
+            i = k * per_client + j
+            body = {"messages": messages(i), "max_new_tokens": max_new_tokens, "temperature": 0, "logprobs": False}
+            began = time.perf_counter()
+            response = await http.post(f"{url}/generate", json=body)
+            latencies.append(time.perf_counter() - began)
+            response.raise_for_status()
+            result = response.json()
+            outputs[i] = [t["id"] for t in result["tokens"]]
+            tokens += result["usage"]["completion_tokens"]
+
+    limits = httpx.Limits(max_connections=clients + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(k, http) for k in range(clients)))
+        wall = time.perf_counter() - started
+    return Level(clients, clients * per_client, tokens, wall, latencies, outputs)
+
+
+def start_server(port: int, extra_env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "GLASSBOX_HOST": "127.0.0.1",
+        "GLASSBOX_PORT": str(port),
+        "GLASSBOX_DEVICE": "cpu",
+        "GLASSBOX_CACHE_ENABLED": "false",
+        "GLASSBOX_LOG_LEVEL": "warning",
+        **extra_env,
+    }
+    with log.open("wb") as sink:
+        return subprocess.Popen([sys.executable, "-m", "service", "serve"], cwd=REPO, env=env, stdout=sink, stderr=sink)
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("server exited before it was ready")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("server not ready in time")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--levels", default="1,4,8,16", help="concurrent clients, comma-separated")
+    parser.add_argument("--per-client", type=int, default=2, help="requests each client sends in a row")
+    parser.add_argument("--baseline-requests", type=int, default=6)
+    parser.add_argument("--env", action="append", default=[], help="server setting, e.g. GLASSBOX_MAX_BATCH_SIZE=16")
+    args = parser.parse_args()
+    levels = [int(v) for v in args.levels.split(",")]
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {DEFAULT_MODEL}, greedy, "
+          f"{args.max_new_tokens} new tokens, chat prompts")  # fmt: skip
+    base_tps, base_rps, base_out, base_lat = baseline(args.max_new_tokens, args.baseline_requests)
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = Path(tempfile.mkdtemp(prefix="glassbox-bench-")) / "server.log"
+    server = start_server(port, dict(item.split("=", 1) for item in args.env), log)
+    try:
+        wait_ready(url, server)
+        asyncio.run(run_level(url, 1, 1, 4))  # warm the server's paths
+        results = [asyncio.run(run_level(url, c, args.per_client, args.max_new_tokens)) for c in levels]
+    finally:
+        server.terminate()
+        server.wait(60)
+
+    print()
+    print("| clients | requests | tokens/s | req/s  | p50 s   | p95 s   | vs seq  |")
+    print("|--------:|---------:|---------:|-------:|--------:|--------:|--------:|")
+    b50 = statistics.median(base_lat)
+    b95 = statistics.quantiles(base_lat, n=20)[-1] if len(base_lat) > 1 else b50
+    print(
+        f"| seq. `model.generate` | {args.baseline_requests:>3} | {base_tps:>8.1f} | {base_rps:>6.2f} "
+        f"| {b50:>7.2f} | {b95:>7.2f} |  1.00x |"
+    )
+    for level in results:
+        print(level.row(base_tps))
+    same = sum(level.outputs[i] == base_out[i] for level in results for i in level.outputs if i in base_out)
+    compared = sum(1 for level in results for i in level.outputs if i in base_out)
+    print(f"\ngreedy outputs identical to sequential `model.generate`: {same}/{compared} compared requests")
+
+
+if __name__ == "__main__":
+    main()
