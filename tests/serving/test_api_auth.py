@@ -66,8 +66,17 @@ def test_wrong_or_malformed_keys_are_refused(serving_client: Callable[..., TestC
     assert ok.status_code == 200
 
 
+def test_openapi_declares_the_bearer_scheme_where_it_applies(serving_client: Callable[..., TestClient]) -> None:
+    client = serving_client(api_keys=DIGESTS)
+    spec = client.get("/openapi.json", headers={"Authorization": f"Bearer {KEYS[0]}"}).json()
+    assert spec["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
+    assert spec["paths"]["/generate"]["post"]["security"] == [{"apiKey": []}]
+    assert "security" not in spec["paths"]["/healthz"]["get"]
+
+
 def test_without_keys_configured_nothing_needs_one(app_client: TestClient) -> None:
     assert app_client.get("/models").status_code == 200
+    assert "securitySchemes" not in app_client.get("/openapi.json").json().get("components", {})
 
 
 def test_key_matching_uses_every_configured_digest() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from service.api.body_limit import BodySizeLimit
-from service.api.middleware.auth import ApiKeyAuth
+from service.api.middleware.auth import ApiKeyAuth, document_bearer_auth
 from service.api.middleware.drain import DrainGate
 from service.api.middleware.metrics import HttpMetrics
 from service.api.middleware.request_id import RequestIdAndAccessLog
@@ -25,6 +25,7 @@ def install_middleware(app: FastAPI, settings: Settings, serving: Serving, trace
     digests = settings.api_key_digests()
     if digests:
         app.add_middleware(ApiKeyAuth, digests=digests)
+        document_bearer_auth(app)
     app.add_middleware(DrainGate, drain=serving.drain)
     app.add_middleware(HttpMetrics)
     if tracer_provider is not None:

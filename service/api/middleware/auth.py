@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import Any
 
+from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.errors import error_response
@@ -48,3 +50,20 @@ class ApiKeyAuth:
         message = "invalid API key" if token is not None else "this server needs an API key: Authorization: Bearer KEY"
         response = error_response(401, "unauthorized", message, headers={"WWW-Authenticate": challenge})
         await response(scope, receive, send)
+
+
+def document_bearer_auth(app: FastAPI) -> None:
+    """OpenAPI: a bearer scheme on every operation outside ``PUBLIC_PATHS``, so /docs offers "Authorize"."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build()  # FastAPI's cached document; the changes below are idempotent
+        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes["apiKey"] = {"type": "http", "scheme": "bearer", "description": "An API key: `Bearer KEY`."}
+        for path, item in schema.get("paths", {}).items():
+            if path not in PUBLIC_PATHS:
+                for operation in item.values():
+                    operation["security"] = [{"apiKey": []}]
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
