@@ -24,6 +24,7 @@ from schemas.explain import (
 from service.engine.generation import GenerationOutput, generate
 from service.engine.prompt import PromptTokens, build_prompt
 from service.engine.sampling import SamplingParams
+from service.errors import InvalidRequest
 from service.explain import engine, present, summary
 from service.explain.methods.base import MethodOutput
 from service.explain.objective import DESCRIPTIONS
@@ -67,6 +68,14 @@ def _plan(
     )
 
 
+def precheck(
+    lm: LoadedModel, settings: Settings, prompt: PromptTokens, options: ExplainOptions, max_new_tokens: int
+) -> None:
+    """Refuse an over-budget explanation before generating: the answer is costed at its longest."""
+    contrast = tokenize_continuation(lm.tokenizer, options.contrast, "contrast") if options.contrast else None
+    _plan(lm, settings, prompt, placeholder_answer(max_new_tokens), contrast, options)
+
+
 async def explain(registry: ModelRegistry, settings: Settings, req: ExplainRequest) -> ExplainResponse:
     """POST /explain: ``target`` by forced decoding, or the answer generated with the sampling fields."""
     timings: dict[str, float] = {}
@@ -79,7 +88,7 @@ async def explain(registry: ModelRegistry, settings: Settings, req: ExplainReque
         answer = tokenize_continuation(lm.tokenizer, req.target, "target")
     else:
         check_limits(lm, settings, prompt, req.max_new_tokens)
-        _plan(lm, settings, prompt, placeholder_answer(req.max_new_tokens), contrast, req)  # refuse before generating
+        precheck(lm, settings, prompt, req, req.max_new_tokens)
         params = SamplingParams(
             max_new_tokens=req.max_new_tokens,
             temperature=req.temperature,
@@ -92,8 +101,6 @@ async def explain(registry: ModelRegistry, settings: Settings, req: ExplainReque
         output = await lm.run(generate, lm, prompt, params)
         timings["generate"] = time.perf_counter() - started
         if not output.tokens:
-            from service.errors import InvalidRequest
-
             raise InvalidRequest("the model generated no tokens to explain (it ended at once)", param="max_new_tokens")
         answer = answer_of(output, lm.special_ids)
     return await explain_answer(lm, settings, prompt, answer, req, contrast=contrast, timings=timings)
@@ -104,8 +111,6 @@ async def explain_generation(
 ) -> ExplainResponse:
     """/generate's ``explain`` field: the explanation of what was just generated (no second generation)."""
     if not output.tokens:
-        from service.errors import InvalidRequest
-
         raise InvalidRequest("the model generated no tokens to explain", param="explain")
     contrast = tokenize_continuation(lm.tokenizer, options.contrast, "explain.contrast") if options.contrast else None
     return await explain_answer(lm, settings, prompt, answer_of(output, lm.special_ids), options, contrast=contrast)
@@ -262,6 +267,7 @@ def build_response(
                 "targets_per_backward": plan.task.chunks.targets,
                 "steps_per_forward": plan.task.chunks.steps,
                 "sequences_per_forward": plan.task.chunks.sequences,
+                "ig_targets_per_backward": plan.task.chunks.ig_targets,
             },
             estimated_work=plan.work,
             timings_ms={},

@@ -274,3 +274,32 @@ def test_context_overflow_is_refused(registry, explain_settings, lm):
 def test_response_is_json_serialisable_without_nan(registry, explain_settings):
     response = _explain(registry, explain_settings, methods=ALL)
     json.loads(response.model_dump_json())
+
+
+def test_an_empty_generation_is_a_422(registry, explain_settings, monkeypatch):
+    from service.engine.generation import GenerationOutput
+
+    monkeypatch.setattr(usecase, "generate", lambda *a, **k: GenerationOutput([], "", "stop", None, 0.0, 0.0))
+    req = ExplainRequest.model_validate({"messages": CHAT, "max_new_tokens": 4})
+    with pytest.raises(InvalidRequest, match="no tokens") as err:
+        asyncio.run(usecase.explain(registry, explain_settings, req))
+    assert err.value.param == "max_new_tokens"
+
+
+def test_explain_generation_explains_what_generate_returned(registry, explain_settings, lm):
+    """The entry point for /generate's `explain` field: no second generation, the same tokens."""
+    from schemas.common import ChatMessage
+    from schemas.explain import ExplainOptions
+    from service.engine.generation import generate
+    from service.engine.prompt import build_prompt
+    from service.engine.sampling import SamplingParams
+
+    prompt = build_prompt(lm.tokenizer, messages=[ChatMessage(role="user", content="What is the capital of France?")])
+    options = ExplainOptions(methods=["saliency"])
+    usecase.precheck(lm, explain_settings, prompt, options, max_new_tokens=5)
+    output = generate(lm, prompt, SamplingParams(max_new_tokens=5))
+    response = asyncio.run(usecase.explain_generation(lm, explain_settings, prompt, output, options))
+    assert [t.id for t in response.target_tokens] == output.ids
+    assert response.text == output.text
+    with pytest.raises(BudgetExceeded):
+        usecase.precheck(lm, explain_settings.model_copy(update={"explain_max_targets": 4}), prompt, options, 5)
