@@ -31,6 +31,7 @@ from service.explain.objective import DESCRIPTIONS
 from service.explain.plan import Answer, Plan, make_plan, placeholder_answer, tokenize_continuation
 from service.models.loaded import LoadedModel
 from service.models.registry import ModelRegistry
+from service.serving import Deadline, Serving
 from service.settings import Settings
 from service.usecases.generate import check_limits
 from service.usecases.tokens import prompt_tokens
@@ -76,10 +77,26 @@ def precheck(
     _plan(lm, settings, prompt, placeholder_answer(max_new_tokens), contrast, options)
 
 
-async def explain(registry: ModelRegistry, settings: Settings, req: ExplainRequest) -> ExplainResponse:
-    """POST /explain: ``target`` by forced decoding, or the answer generated with the sampling fields."""
-    timings: dict[str, float] = {}
+async def explain(
+    registry: ModelRegistry,
+    settings: Settings,
+    req: ExplainRequest,
+    *,
+    serving: Serving | None = None,
+    deadline: Deadline | None = None,
+) -> ExplainResponse:
+    """POST /explain in one of the model's admission slots, taken before tokenizing (429 when the model's
+    slots and queue are full; the deadline bounds the wait). ``serving=None``: no admission (direct callers)."""
     lm = registry.get(req.model)
+    if serving is None:
+        return await _explain(lm, settings, req)
+    async with serving.admission.slot(lm.name, deadline or serving.deadline()):
+        return await _explain(lm, settings, req)
+
+
+async def _explain(lm: LoadedModel, settings: Settings, req: ExplainRequest) -> ExplainResponse:
+    """``target`` by forced decoding, or the answer generated with the sampling fields."""
+    timings: dict[str, float] = {}
     started = time.perf_counter()
     prompt = await asyncio.to_thread(build_prompt, lm.tokenizer, prompt=req.prompt, messages=req.messages)
     contrast = tokenize_continuation(lm.tokenizer, req.contrast, "contrast") if req.contrast else None

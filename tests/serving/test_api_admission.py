@@ -78,3 +78,14 @@ def test_healthz_stays_fast_while_the_model_is_busy(serving_client: Callable[...
     assert load(client)[0] == 1, "the model finished before the probes: the test proves nothing"
     assert slowest < 0.5, f"/healthz took {slowest:.3f} s while the model was busy"
     busy.join(30)
+
+
+def test_explain_takes_a_slot_too(serving_client: Callable[..., TestClient]) -> None:
+    client = serving_client(step_delay_s=0.02, max_concurrency=1, max_queue=0)
+    body = {"messages": [{"role": "user", "content": "What is the capital of France?"}], "target": "Paris."}
+    assert client.post("/explain", json=body).status_code == 200
+    busy, _ = in_thread(lambda: client.post("/generate", json=SLOW))
+    wait_for(lambda: load(client) == (1, 0), what="the model to be saturated")
+    assert_error(client.post("/explain", json=body), 429, "overloaded")
+    busy.join(30)
+    assert load(client) == (0, 0)

@@ -7,9 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 
 from schemas.explain import ExplainRequest, ExplainResponse
+from service.api.deadline import RequestDeadline, get_serving
 from service.api.deps import get_registry, get_settings
 from service.api.errors import ERROR_RESPONSES
 from service.models.registry import ModelRegistry
+from service.serving import Serving
 from service.settings import Settings
 from service.usecases import explain as usecase
 
@@ -21,6 +23,8 @@ async def explain(
     req: ExplainRequest,
     registry: Annotated[ModelRegistry, Depends(get_registry)],
     settings: Annotated[Settings, Depends(get_settings)],
+    serving: Annotated[Serving, Depends(get_serving)],
+    deadline: RequestDeadline,
 ) -> ExplainResponse:
     """Which input tokens drove each answer token, and the answer as a whole, by the requested methods."""
-    return await usecase.explain(registry, settings, req)
+    return await usecase.explain(registry, settings, req, serving=serving, deadline=deadline)
