@@ -3,16 +3,16 @@ same requests run one at a time through plain `model.generate`, in one run.
 
     .venv/bin/python bench/bench_serve.py [--max-new-tokens 64] [--levels 1,4,8,16]
 
-The baseline runs first, in this process; then `glassbox serve` starts in a subprocess on loopback (cache
-off, so every request reaches the model) and clients send greedy chat requests with httpx. Each client
-sends its requests back to back. Tokens/s counts generated tokens; latency is per request, client side.
+The baseline runs in this process before and after the server runs (the faster of the two is the
+reference); `glassbox serve` runs in a subprocess on loopback (cache off, so every request reaches the
+model) and clients send greedy chat requests with httpx, each client's requests back to back. Tokens/s
+counts generated tokens; latency is per request, client side.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import os
 import socket
 import statistics
@@ -28,6 +28,7 @@ import torch
 
 from schemas.common import ChatMessage
 from service.engine.prompt import build_prompt
+from service.models.loaded import LoadedModel
 from service.models.loader import load_model
 from service.settings import DEFAULT_MODEL, Settings
 
@@ -69,9 +70,16 @@ class Level:
         )
 
 
-def baseline(max_new_tokens: int, count: int) -> tuple[float, float, dict[int, list[int]], list[float]]:
-    """Plain `model.generate`, greedy, one request at a time: (tokens/s, requests/s, outputs, latencies)."""
-    lm = load_model(DEFAULT_MODEL, DEFAULT_MODEL, Settings(device="cpu"))
+@dataclass
+class Baseline:
+    tokens_per_s: float
+    requests_per_s: float
+    outputs: dict[int, list[int]]
+    latencies: list[float]
+
+
+def baseline(lm: LoadedModel, max_new_tokens: int, count: int) -> Baseline:
+    """Plain `model.generate`, greedy, one request at a time."""
     eos = list(lm.eos_ids)
     outputs: dict[int, list[int]] = {}
     latencies = []
@@ -95,9 +103,7 @@ def baseline(max_new_tokens: int, count: int) -> tuple[float, float, dict[int, l
         outputs[i] = new
         tokens += len(new)
     wall = time.perf_counter() - started
-    del lm
-    gc.collect()
-    return tokens / wall, count / wall, outputs, latencies
+    return Baseline(tokens / wall, count / wall, outputs, latencies)
 
 
 async def run_level(url: str, clients: int, per_client: int, max_new_tokens: int) -> Level:
@@ -166,7 +172,8 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {DEFAULT_MODEL}, greedy, "
           f"{args.max_new_tokens} new tokens, chat prompts")  # fmt: skip
-    base_tps, base_rps, base_out, base_lat = baseline(args.max_new_tokens, args.baseline_requests)
+    lm = load_model(DEFAULT_MODEL, DEFAULT_MODEL, Settings(device="cpu"))
+    before = baseline(lm, args.max_new_tokens, args.baseline_requests)
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -179,20 +186,27 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(60)
+    # The machine is shared and noisy: the baseline runs before and after, and the faster run is the
+    # reference, so the speed-ups below are the conservative ones.
+    after = baseline(lm, args.max_new_tokens, args.baseline_requests)
+    best = max(before, after, key=lambda b: b.tokens_per_s)
 
     print()
     print("| clients | requests | tokens/s | req/s  | p50 s   | p95 s   | vs seq  |")
     print("|--------:|---------:|---------:|-------:|--------:|--------:|--------:|")
-    b50 = statistics.median(base_lat)
-    b95 = statistics.quantiles(base_lat, n=20)[-1] if len(base_lat) > 1 else b50
-    print(
-        f"| seq. `model.generate` | {args.baseline_requests:>3} | {base_tps:>8.1f} | {base_rps:>6.2f} "
-        f"| {b50:>7.2f} | {b95:>7.2f} |  1.00x |"
-    )
+    for name, run in (("before", before), ("after", after)):
+        b50 = statistics.median(run.latencies)
+        b95 = statistics.quantiles(run.latencies, n=20)[-1] if len(run.latencies) > 1 else b50
+        print(
+            f"| seq. `model.generate` ({name}) | {args.baseline_requests:>3} | {run.tokens_per_s:>8.1f} "
+            f"| {run.requests_per_s:>6.2f} | {b50:>7.2f} | {b95:>7.2f} "
+            f"| {run.tokens_per_s / best.tokens_per_s:>6.2f}x |"
+        )
     for level in results:
-        print(level.row(base_tps))
-    same = sum(level.outputs[i] == base_out[i] for level in results for i in level.outputs if i in base_out)
-    compared = sum(1 for level in results for i in level.outputs if i in base_out)
+        print(level.row(best.tokens_per_s))
+    reference = best.outputs
+    same = sum(level.outputs[i] == reference[i] for level in results for i in level.outputs if i in reference)
+    compared = sum(1 for level in results for i in level.outputs if i in reference)
     print(f"\ngreedy outputs identical to sequential `model.generate`: {same}/{compared} compared requests")
 
 
