@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
+from service.usecases import generate as usecase
 from tests.serving.conftest import in_thread, wait_for
 from tests.test_api_generate import assert_error
 
@@ -89,3 +92,23 @@ def test_explain_takes_a_slot_too(serving_client: Callable[..., TestClient]) -> 
     assert_error(client.post("/explain", json=body), 429, "overloaded")
     busy.join(30)
     assert load(client) == (0, 0)
+
+
+def test_the_slot_is_taken_before_tokenizing(
+    serving_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = serving_client(step_delay_s=0.02, max_concurrency=1, max_queue=0)
+    tokenized: list[str] = []
+    real = usecase.build_prompt
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        tokenized.append(kwargs.get("prompt") or "")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(usecase, "build_prompt", counting)
+    busy, _ = in_thread(lambda: client.post("/generate", json=SLOW))
+    wait_for(lambda: load(client) == (1, 0), what="the model to be saturated")
+    refused = client.post("/generate", json={"prompt": "never tokenized " * 1000, "max_new_tokens": 4})
+    assert_error(refused, 429, "overloaded")
+    assert all("never tokenized" not in text for text in tokenized)
+    busy.join(30)
