@@ -256,6 +256,7 @@ def main() -> None:
         f"median relative gap {median_gap:.1%}, worst {worst_gap:.2f} nats "
         f"(median |f(x) − f(baseline)| {typical:.2f} nats)"
     )
+    print("  (the gap is the quadrature along this model's path: Captum's IG on the same rows gives the same sums)")
     print(f"  loops: saliency {l_sal_s:.2f}s, input × gradient {l_ixg_s:.2f}s, attention {l_att_s:.2f}s")
     print(f"  runs: generate {[round(t, 2) for t in gen_times]}, sequence {[round(t, 2) for t in seq_times]}")
     print(f"  chunks: gradients {ixg.provenance.chunks}, IG {ig.provenance.chunks}")
