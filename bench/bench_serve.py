@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,18 +32,17 @@ from service.models.loader import load_model
 from service.settings import DEFAULT_MODEL, Settings
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.support.ready import wait_until_ready  # noqa: E402
+from tests.support.redis_server import free_port  # noqa: E402
+
 TOPICS = [
     "a lighthouse keeper and a storm", "a robot learning to paint", "a city under the sea", "the last train home",
     "a cat who runs a bakery", "two rival chess players", "a map that changes overnight", "a forgotten library",
     "a river that flows uphill", "a violin with a secret", "the first day on Mars", "a garden in winter",
     "a detective who cannot lie", "a clock that runs backwards", "a dragon afraid of fire", "an empty stadium",
 ]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def messages(i: int) -> list[dict[str, str]]:
@@ -146,20 +144,6 @@ def start_server(port: int, extra_env: dict[str, str], log: Path) -> subprocess.
         return subprocess.Popen([sys.executable, "-m", "service", "serve"], cwd=REPO, env=env, stdout=sink, stderr=sink)
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("server exited before it was ready")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("server not ready in time")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -180,7 +164,7 @@ def main() -> None:
     log = Path(tempfile.mkdtemp(prefix="glassbox-bench-")) / "server.log"
     server = start_server(port, dict(item.split("=", 1) for item in args.env), log)
     try:
-        wait_ready(url, server)
+        wait_until_ready(url, server, timeout=300)
         asyncio.run(run_level(url, 1, 1, 4))  # warm the server's paths
         results = [asyncio.run(run_level(url, c, args.per_client, args.max_new_tokens)) for c in levels]
     finally:

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.support.ready import wait_until_ready  # noqa: E402
 from tests.support.redis_server import RedisServer, free_port  # noqa: E402
 from tests.support.tiny_model import build_tiny_model  # noqa: E402
 
@@ -140,20 +140,6 @@ def start_server(env: dict[str, str], module: str, log: Path) -> subprocess.Pope
         )
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("server not ready in time")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--short", action="store_true", help="CI form: tiny model, short runs")
@@ -188,7 +174,11 @@ def main() -> int:
         log = work / "server.log"
         server = start_server(env, module, log)
         try:
-            wait_ready(url, server, log)
+            try:
+                wait_until_ready(url, server, timeout=300)
+            except RuntimeError:
+                print(log.read_text()[-3000:], file=sys.stderr)
+                raise
             scenarios = [
                 Scenario("steady", "SteadyUser", 4, 12 * scale, only_ok),
                 Scenario("overload", "OverloadUser", 24, 10 * scale, shed_not_failed),

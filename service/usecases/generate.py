@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from dataclasses import dataclass
 
 from schemas.common import ModelRef, Token
 from schemas.generate import GenerateRequest, GenerateResponse, Timings, Usage
@@ -107,6 +109,34 @@ def build_response(
     )
 
 
+@dataclass(frozen=True)
+class Admitted:
+    """A request past everything that can refuse it with a status code, holding a slot."""
+
+    lm: LoadedModel
+    prompt: PromptTokens
+    deadline: Deadline
+    tokenize_s: float
+    waited_s: float  # for the slot
+
+
+async def admit(
+    registry: ModelRegistry,
+    settings: Settings,
+    req: GenerateRequest,
+    serving: Serving,
+    deadline: Deadline | None,
+    slot: contextlib.AsyncExitStack,
+) -> Admitted:
+    """Model, token limit, a slot (held until ``slot`` closes), then tokenization and the prompt's limits."""
+    lm = registry.get(req.model)
+    check_new_tokens(settings, req.max_new_tokens)
+    deadline = deadline or serving.deadline()
+    waited = await slot.enter_async_context(serving.admission.slot(lm.name, deadline))
+    prompt, tokenize_s = await tokenize(lm, settings, req)
+    return Admitted(lm, prompt, deadline, tokenize_s, waited)
+
+
 async def generate_once(
     registry: ModelRegistry,
     settings: Settings,
@@ -116,14 +146,12 @@ async def generate_once(
     deadline: Deadline | None = None,
 ) -> GenerateResponse:
     """Non-streaming /generate: a slot, then tokenize, then a row in the model's batch."""
-    lm = registry.get(req.model)
-    check_new_tokens(settings, req.max_new_tokens)
-    deadline = deadline or serving.deadline()
-    async with serving.admission.slot(lm.name, deadline) as waited:
-        prompt, tokenize_s = await tokenize(lm, settings, req)
+    async with contextlib.AsyncExitStack() as slot:
+        job = await admit(registry, settings, req, serving, deadline, slot)
+        lm, prompt = job.lm, job.prompt
         with traced("glassbox.generate", model=lm.name, prompt_tokens=len(prompt)) as span:
             batcher = serving.batcher(lm)
-            output, queue_s = await batcher.generate(prompt.ids, sampling_params(req), deadline=deadline)
+            output, queue_s = await batcher.generate(prompt.ids, sampling_params(req), deadline=job.deadline)
             span.set_attribute("completion_tokens", len(output.tokens))
-    raise_if_stopped(output, deadline)
-    return build_response(lm, prompt, req, output, tokenize_s=tokenize_s, queue_s=waited + queue_s)
+    raise_if_stopped(output, job.deadline)
+    return build_response(lm, prompt, req, output, tokenize_s=job.tokenize_s, queue_s=job.waited_s + queue_s)

@@ -12,14 +12,12 @@ from collections.abc import AsyncIterator
 from schemas.common import ErrorBody, ErrorDetail
 from schemas.generate import GenerateRequest, GenerateResponse, TokenEvent
 from service.engine.generation import GeneratedToken, GenerationOutput
-from service.engine.prompt import PromptTokens
 from service.errors import GlassboxError
 from service.metrics import record_failure
-from service.models.loaded import LoadedModel
 from service.models.registry import ModelRegistry
 from service.serving import Batcher, Deadline, Serving
 from service.settings import Settings
-from service.usecases.generate import build_response, check_new_tokens, raise_if_stopped, sampling_params, tokenize
+from service.usecases.generate import Admitted, admit, build_response, raise_if_stopped, sampling_params
 from service.usecases.tokens import generated_token
 
 log = logging.getLogger(__name__)
@@ -31,21 +29,9 @@ class GenerationStream:
     """One streaming generation. ``events`` yields token events, then the response or an error body;
     ``close`` (idempotent) stops the model at its next token and frees the slot, and must always run."""
 
-    def __init__(
-        self,
-        *,
-        lm: LoadedModel,
-        prompt: PromptTokens,
-        req: GenerateRequest,
-        batcher: Batcher,
-        deadline: Deadline,
-        slot: contextlib.AsyncExitStack,
-        tokenize_s: float,
-        waited_s: float,
-    ) -> None:
-        self._lm, self._prompt, self._req, self._batcher = lm, prompt, req, batcher
-        self._deadline, self._slot = deadline, slot
-        self._tokenize_s, self._waited_s = tokenize_s, waited_s
+    def __init__(self, job: Admitted, req: GenerateRequest, batcher: Batcher, slot: contextlib.AsyncExitStack) -> None:
+        self._job, self._req, self._batcher, self._slot = job, req, batcher, slot
+        self._lm, self._prompt, self._deadline = job.lm, job.prompt, job.deadline
         self._task: asyncio.Future[tuple[GenerationOutput, float]] | None = None
 
     def _token(self, index: int, token: GeneratedToken) -> TokenEvent:
@@ -82,8 +68,8 @@ class GenerationStream:
                 self._prompt,
                 self._req,
                 output,
-                tokenize_s=self._tokenize_s,
-                queue_s=self._waited_s + queue_s,
+                tokenize_s=self._job.tokenize_s,
+                queue_s=self._job.waited_s + queue_s,
             )
         except GlassboxError as exc:
             record_failure("/generate", exc.type)
@@ -113,24 +99,11 @@ async def open_stream(
     serving: Serving,
     deadline: Deadline | None = None,
 ) -> GenerationStream:
-    """Everything that can fail with a status code: model, limits, a slot, tokenization."""
-    lm = registry.get(req.model)
-    check_new_tokens(settings, req.max_new_tokens)
-    deadline = deadline or serving.deadline()
+    """Everything that can fail with a status code happens here, before the response starts."""
     slot = contextlib.AsyncExitStack()
-    waited = await slot.enter_async_context(serving.admission.slot(lm.name, deadline))
     try:
-        prompt, tokenize_s = await tokenize(lm, settings, req)
+        job = await admit(registry, settings, req, serving, deadline, slot)
     except BaseException:
         await slot.aclose()
         raise
-    return GenerationStream(
-        lm=lm,
-        prompt=prompt,
-        req=req,
-        batcher=serving.batcher(lm),
-        deadline=deadline,
-        slot=slot,
-        tokenize_s=tokenize_s,
-        waited_s=waited,
-    )
+    return GenerationStream(job, req, serving.batcher(job.lm), slot)

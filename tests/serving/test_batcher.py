@@ -45,6 +45,19 @@ def ids(lm: LoadedModel, text: str) -> list[int]:
     return build_prompt(lm.tokenizer, prompt=text).ids
 
 
+def batch_sizes(batcher: Batcher) -> list[int]:
+    """Record the batch size at every decode step of ``batcher`` into the returned list."""
+    sizes: list[int] = []
+    step = batcher._step
+
+    def spy() -> None:
+        sizes.append(batcher.running)
+        step()
+
+    batcher._step = spy  # type: ignore[method-assign]
+    return sizes
+
+
 def same_output(a: GenerationOutput, b: GenerationOutput) -> None:
     assert a.ids == b.ids and a.text == b.text and a.finish_reason == b.finish_reason and a.seed == b.seed
     for x, y in zip(a.tokens, b.tokens, strict=True):
@@ -59,14 +72,7 @@ def test_batcher_output_is_the_same_alone_and_inside_a_batch(tiny_lm: LoadedMode
     async def scenario() -> tuple[list[GenerationOutput], list[GenerationOutput], list[int]]:
         batcher = Batcher(tiny_lm, max_batch_size=8)
         alone = [(await batcher.generate(ids(tiny_lm, p), sp))[0] for p, sp in zip(PROMPTS, PARAMS, strict=True)]
-        sizes: list[int] = []
-        step = batcher._step
-
-        def spy() -> None:
-            sizes.append(batcher.running)
-            step()
-
-        batcher._step = spy  # type: ignore[method-assign]
+        sizes = batch_sizes(batcher)
 
         async def staggered(i: int) -> GenerationOutput:
             await asyncio.sleep(0.002 * i)  # arrivals join a batch that is already decoding
@@ -242,14 +248,7 @@ def test_batcher_runs_unbatchable_caches_one_at_a_time(tiny_lm: LoadedModel, mon
 
     async def scenario() -> tuple[list[GenerationOutput], list[int]]:
         batcher = Batcher(tiny_lm, max_batch_size=8)
-        sizes: list[int] = []
-        step = batcher._step
-
-        def spy() -> None:
-            sizes.append(batcher.running)
-            step()
-
-        batcher._step = spy  # type: ignore[method-assign]
+        sizes = batch_sizes(batcher)
         outs = await asyncio.gather(*(batcher.generate(ids(tiny_lm, p), PARAMS[0]) for p in PROMPTS[:3]))
         await batcher.close()
         return [out for out, _ in outs], sizes

@@ -5,11 +5,9 @@ repeatable and takes about a minute."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 import schemathesis
 import uvicorn
@@ -18,6 +16,7 @@ from schemathesis import GenerationMode
 
 from service.api.app import create_app
 from service.settings import Settings
+from tests.support.ready import wait_until_ready
 from tests.support.redis_server import free_port
 
 pytestmark = pytest.mark.slow
@@ -36,16 +35,7 @@ def fuzz_server(tiny_settings: Settings) -> Iterator[str]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    else:
-        raise AssertionError("fuzz server not ready")
+    wait_until_ready(url)
     yield url
     server.should_exit = True
     thread.join(30)

@@ -21,6 +21,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.serving.conftest import wait_for
+from tests.support.ready import wait_until_ready
 from tests.support.redis_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,16 +75,11 @@ def start_server(tiny_model_dir: Path, tmp_path: Path) -> Iterator[Callable[...,
             )
         server = Server(process, f"http://127.0.0.1:{port}", log)
         started.append(server)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert process.poll() is None, f"server exited early:\n{server.logs()}"
-            try:
-                if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
-                    return server
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"server not ready:\n{server.logs()}")
+        try:
+            wait_until_ready(server.url, process)
+        except RuntimeError as exc:
+            raise AssertionError(f"{exc}:\n{server.logs()}") from exc
+        return server
 
     yield start
     for server in started:
@@ -114,21 +111,12 @@ def stream_in_thread(url: str, request: dict[str, Any]) -> tuple[threading.Threa
     return thread, lines, first
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def test_sigterm_drains_in_flight_work_then_exits_zero(start_server: Callable[..., Server]) -> None:
     server = start_server(GLASSBOX_DRAIN_TIMEOUT_S="30")
     thread, lines, first = stream_in_thread(server.url, {"prompt": "Hello", "max_new_tokens": 60})
     assert first.wait(30) and "status: 200" in lines
     server.process.send_signal(signal.SIGTERM)
-    wait_until(lambda: httpx.get(f"{server.url}/readyz", timeout=2).status_code == 503, 1.0, "readyz to turn 503")
+    wait_for(lambda: httpx.get(f"{server.url}/readyz", timeout=2).status_code == 503, 1.0, "readyz to turn 503")
     refused = httpx.post(f"{server.url}/generate", json={"prompt": "Hi", "max_new_tokens": 2}, timeout=5)
     assert refused.status_code == 503 and refused.json()["error"]["type"] == "shutting_down"
     assert httpx.get(f"{server.url}/healthz", timeout=2).status_code == 200  # alive while draining
@@ -163,7 +151,7 @@ def test_stream_disconnect_stops_generation_and_frees_the_slot(start_server: Cal
             seen += line.startswith("event: token")
             if seen == 3:
                 break  # leaving the block closes the connection mid-stream
-    wait_until(lambda: server.metric("glassbox_inflight_requests", model="tiny") == 0, 5, "the slot to be freed")
+    wait_for(lambda: server.metric("glassbox_inflight_requests", model="tiny") == 0, 5, "the slot to be freed")
     generated = server.metric("glassbox_tokens_total", model="tiny", kind="completion") - tokens_before
     assert 3 <= generated < 60, f"{generated} tokens generated for a client that left after 3"
     after = server.metric("glassbox_request_failures_total", endpoint="/generate", reason="cancelled")
@@ -176,7 +164,7 @@ def test_disconnect_of_a_plain_request_stops_generation(start_server: Callable[.
     request = {"prompt": "Hello", "max_new_tokens": 200, "temperature": 1.0, "seed": 2}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.url}/generate", json=request, timeout=0.6)
-    wait_until(lambda: server.metric("glassbox_inflight_requests", model="tiny") == 0, 5, "the slot to be freed")
+    wait_for(lambda: server.metric("glassbox_inflight_requests", model="tiny") == 0, 5, "the slot to be freed")
     generated = server.metric("glassbox_tokens_total", model="tiny", kind="completion") - tokens_before
     assert 0 < generated < 100, f"{generated} tokens generated for a client that left after 0.6 s"
     statuses = server.metric("glassbox_requests_total", endpoint="/generate", status="499")
@@ -190,7 +178,7 @@ def test_disconnect_while_queued_drops_the_queued_work(start_server: Callable[..
     assert first.wait(30)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.url}/generate", json={"prompt": "Queued", "max_new_tokens": 5}, timeout=0.5)
-    wait_until(lambda: server.metric("glassbox_queue_depth", model="tiny") == 0, 3, "the queue to empty")
+    wait_for(lambda: server.metric("glassbox_queue_depth", model="tiny") == 0, 3, "the queue to empty")
     assert server.metric("glassbox_inflight_requests", model="tiny") == 1  # the first one still runs
     thread.join(30)
     done = lines[lines.index("event: done") + 1]

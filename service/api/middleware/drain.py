@@ -5,17 +5,18 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.errors import error_response
+from service.api.middleware.base import HttpMiddleware
 from service.api.middleware.paths import PUBLIC_PATHS
 from service.serving import Drain
 
 
-class DrainGate:
+class DrainGate(HttpMiddleware):
     def __init__(self, app: ASGIApp, drain: Drain) -> None:
-        self.app = app
+        super().__init__(app)
         self.drain = drain
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
         if self.drain.draining:

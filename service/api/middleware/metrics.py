@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import time
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from service.api.middleware.base import HttpMiddleware
+from service.api.middleware.response import StatusRecorder
 from service.metrics import LATENCY, REQUESTS, record_failure
 
 #: Error bodies are small; a larger one is not parsed for its type.
@@ -28,35 +30,27 @@ def _error_type(body: bytes) -> str | None:
     return error.get("type") if isinstance(error, dict) else None
 
 
-class HttpMetrics:
+class HttpMetrics(HttpMiddleware):
     """Counts each HTTP request when it ends (a stream when its last byte is sent).
 
     Failures are labelled with the error body's ``type``, so errors from middleware (401, 413, 503 while
     draining) count the same as errors from handlers.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        status = 500
+        recorder = StatusRecorder(send)
         body = bytearray()
 
         async def capture(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            elif message["type"] == "http.response.body" and status >= 400 and len(body) < _MAX_ERROR_BODY:
+            await recorder(message)
+            if message["type"] == "http.response.body" and recorder.status >= 400 and len(body) < _MAX_ERROR_BODY:
                 body.extend(message.get("body", b""))
-            await send(message)
 
         try:
             await self.app(scope, receive, capture)
         finally:
+            status = recorder.status
             endpoint = route_label(scope)
             labels = {"endpoint": endpoint, "status": str(status)}
             REQUESTS.labels(**labels).inc()

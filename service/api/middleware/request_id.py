@@ -7,9 +7,11 @@ import re
 import time
 import uuid
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
+from service.api.middleware.base import HttpMiddleware
 from service.api.middleware.paths import PUBLIC_PATHS
+from service.api.middleware.response import StatusRecorder
 from service.observability.logging import request_id_var
 
 access_log = logging.getLogger("glassbox.access")
@@ -26,30 +28,17 @@ def _incoming_id(scope: Scope) -> str | None:
     return None
 
 
-class RequestIdAndAccessLog:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+class RequestIdAndAccessLog(HttpMiddleware):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = _incoming_id(scope) or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
         started = time.perf_counter()
-        status = 500
-
-        async def add_header(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
-            await send(message)
-
+        recorder = StatusRecorder(send, [(b"x-request-id", request_id.encode())])
         try:
-            await self.app(scope, receive, add_header)
+            await self.app(scope, receive, recorder)
         finally:
+            status = recorder.status
             path = scope["path"]
             access_log.log(
                 logging.DEBUG if path in PUBLIC_PATHS and status < 400 else logging.INFO,
