@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.common import ModelRef, Token
-from schemas.generate import InputFields, SamplingFields
+from schemas.inputs import InputFields, SamplingFields
 
 #: Attribution methods, each one small module in ``service/explain/methods`` (a test keeps both in step).
 MethodName = Literal[
@@ -237,3 +237,6 @@ class ExplainResponse(BaseModel):
     methods: dict[str, MethodResult]
     summary: str
     provenance: Provenance
+    cache: Literal["hit", "miss", "bypass", "error"] | None = Field(
+        None, description="What the response cache did (also in the `X-Cache` header); timings are the original's."
+    )

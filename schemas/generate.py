@@ -6,7 +6,9 @@ from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from schemas.common import ChatMessage, ModelRef, Token
+from schemas.common import ModelRef, Token
+from schemas.explain import ExplainOptions, ExplainResponse
+from schemas.inputs import InputFields, SamplingFields
 
 _EXAMPLE_CHAT: dict[str, Any] = {
     "messages": [{"role": "user", "content": "What is the capital of France?"}],
@@ -22,44 +24,6 @@ _EXAMPLE_PROMPT: dict[str, Any] = {
 }
 
 
-class InputFields(BaseModel):
-    """The input shared by /generate and /explain: exactly one of ``prompt`` or ``messages``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    prompt: str | None = Field(None, min_length=1, max_length=2_000_000, description="Raw prompt text.")
-    messages: list[ChatMessage] | None = Field(
-        None, min_length=1, max_length=1000, description="OpenAI-style chat, formatted by the chat template."
-    )
-    model: str | None = Field(None, description="Model id from `GET /models`; the default model if omitted.")
-
-    @model_validator(mode="after")
-    def _one_input(self) -> InputFields:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("give exactly one of `prompt` or `messages`")
-        return self
-
-
-class SamplingFields(BaseModel):
-    """How to generate. ``temperature`` 0 is greedy; a ``seed`` makes sampling reproducible."""
-
-    max_new_tokens: int = Field(64, ge=1, le=100_000, description="Upper bound on generated tokens.")
-    temperature: float = Field(0.0, ge=0.0, le=10.0, description="0 = greedy decoding.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    top_k: int = Field(0, ge=0, le=100_000, description="Sample among the k most likely tokens; 0 = all.")
-    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Seed for sampling.")
-    stop: list[str] = Field(
-        default_factory=list, max_length=16, description="Stop strings; the text ends before the first one."
-    )
-
-    @model_validator(mode="after")
-    def _stops_not_empty(self) -> SamplingFields:
-        for stop in self.stop:
-            if not stop or len(stop) > 256:
-                raise ValueError("each stop string must be 1 to 256 characters")
-        return self
-
-
 class GenerateRequest(InputFields, SamplingFields):
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": cast(Any, [_EXAMPLE_CHAT, _EXAMPLE_PROMPT])}
@@ -68,6 +32,9 @@ class GenerateRequest(InputFields, SamplingFields):
     logprobs: bool = Field(True, description="Return each generated token's log-probability.")
     top_logprobs: int = Field(0, ge=0, le=20, description="Alternatives per generated token (needs logprobs).")
     stream: bool = Field(False, description="Server-Sent Events: one `token` event each, then `done`.")
+    explain: ExplainOptions | None = Field(
+        None, description="Also explain the generated answer (the same options as `/explain`), in `explanation`."
+    )
 
     @model_validator(mode="after")
     def _top_needs_logprobs(self) -> GenerateRequest:
@@ -102,6 +69,7 @@ class GenerateResponse(BaseModel):
         None, description="The seed used (drawn at random for unseeded sampling); absent when greedy."
     )
     timings: Timings
+    explanation: ExplainResponse | None = Field(None, description="With `explain`: why the model said this.")
     cache: Literal["hit", "miss", "bypass", "error"] | None = Field(
         None, description="What the response cache did (also in the `X-Cache` header); timings are the original's."
     )

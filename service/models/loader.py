@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +17,10 @@ from service.models.sources import BUILTIN_ALIASES, convert_gguf_cached, weights
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: transformers builds models under a process-global "meta device" context, so two loads running at once in
+#: different threads corrupt each other (seen as "Cannot copy out of meta tensor"); loads take turns.
+_LOAD_LOCK = threading.Lock()
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -61,11 +66,13 @@ def load_model(name: str, source: str, settings: Settings) -> LoadedModel:
     started = time.perf_counter()
     device = pick_device(settings.device)
     dtype = pick_dtype(settings.dtype, device)
-    location, revision = _resolve(source, settings)
+    with _LOAD_LOCK:
+        location, revision = _resolve(source, settings)
     offline = settings.offline or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false")
     common = {"local_files_only": offline, "trust_remote_code": settings.trust_remote_code}
-    tokenizer = AutoTokenizer.from_pretrained(location, **common)
-    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **common)
+    with _LOAD_LOCK:
+        tokenizer = AutoTokenizer.from_pretrained(location, **common)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **common)
     model.to(device)  # type: ignore[arg-type]
     model.eval()
     model.requires_grad_(False)  # attributions need input gradients only

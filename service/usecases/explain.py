@@ -84,18 +84,23 @@ async def explain(
     *,
     serving: Serving | None = None,
     deadline: Deadline | None = None,
+    answer: Answer | None = None,
 ) -> ExplainResponse:
     """POST /explain in one of the model's admission slots, taken before tokenizing (429 when the model's
-    slots and queue are full; the deadline bounds the wait). ``serving=None``: no admission (direct callers)."""
+    slots and queue are full; the deadline bounds the wait). ``serving=None``: no admission (direct callers).
+    ``answer``: an answer already generated for this request's input and sampling fields (e.g. from the
+    cache), explained instead of generating again."""
     lm = registry.get(req.model)
     if serving is None:
-        return await _explain(lm, settings, req)
+        return await _explain(lm, settings, req, answer)
     async with serving.admission.slot(lm.name, deadline or serving.deadline()):
-        return await _explain(lm, settings, req)
+        return await _explain(lm, settings, req, answer)
 
 
-async def _explain(lm: LoadedModel, settings: Settings, req: ExplainRequest) -> ExplainResponse:
-    """``target`` by forced decoding, or the answer generated with the sampling fields."""
+async def _explain(
+    lm: LoadedModel, settings: Settings, req: ExplainRequest, given: Answer | None = None
+) -> ExplainResponse:
+    """``target`` by forced decoding, a given answer, or the answer generated with the sampling fields."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
     prompt = await asyncio.to_thread(build_prompt, lm.tokenizer, prompt=req.prompt, messages=req.messages)
@@ -103,6 +108,10 @@ async def _explain(lm: LoadedModel, settings: Settings, req: ExplainRequest) -> 
     timings["tokenize"] = time.perf_counter() - started
     if req.target is not None:
         answer = tokenize_continuation(lm.tokenizer, req.target, "target")
+    elif given is not None:
+        if not given.ids:
+            raise InvalidRequest("the model generated no tokens to explain (it ended at once)", param="max_new_tokens")
+        answer = given
     else:
         check_limits(lm, settings, prompt, req.max_new_tokens)
         precheck(lm, settings, prompt, req, req.max_new_tokens)
@@ -124,13 +133,13 @@ async def _explain(lm: LoadedModel, settings: Settings, req: ExplainRequest) -> 
 
 
 async def explain_generation(
-    lm: LoadedModel, settings: Settings, prompt: PromptTokens, output: GenerationOutput, options: ExplainOptions
+    lm: LoadedModel, settings: Settings, prompt: PromptTokens, answer: Answer, options: ExplainOptions
 ) -> ExplainResponse:
     """/generate's ``explain`` field: the explanation of what was just generated (no second generation)."""
-    if not output.tokens:
+    if not answer.ids:
         raise InvalidRequest("the model generated no tokens to explain", param="explain")
     contrast = tokenize_continuation(lm.tokenizer, options.contrast, "explain.contrast") if options.contrast else None
-    return await explain_answer(lm, settings, prompt, answer_of(output, lm.special_ids), options, contrast=contrast)
+    return await explain_answer(lm, settings, prompt, answer, options, contrast=contrast)
 
 
 async def explain_answer(

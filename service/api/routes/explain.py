@@ -1,19 +1,21 @@
-"""`POST /explain`: thin: decode, call the use case, return."""
+"""`POST /explain`: thin: decode, call the use case (through the response cache), return."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Header
+from fastapi.responses import JSONResponse
 
 from schemas.explain import ExplainRequest, ExplainResponse
 from service.api.deadline import RequestDeadline, get_serving
-from service.api.deps import get_registry, get_settings
+from service.api.deps import get_cache, get_registry, get_settings
 from service.api.errors import ERROR_RESPONSES
+from service.cache import ResponseCache
 from service.models.registry import ModelRegistry
 from service.serving import Serving
 from service.settings import Settings
-from service.usecases import explain as usecase
+from service.usecases.explain_cached import explain_cached
 
 router = APIRouter(tags=["explain"])
 
@@ -23,8 +25,13 @@ async def explain(
     req: ExplainRequest,
     registry: Annotated[ModelRegistry, Depends(get_registry)],
     settings: Annotated[Settings, Depends(get_settings)],
+    cache: Annotated[ResponseCache, Depends(get_cache)],
     serving: Annotated[Serving, Depends(get_serving)],
     deadline: RequestDeadline,
-) -> ExplainResponse:
+    cache_control: Annotated[str | None, Header(description="`no-cache` skips the read, `no-store` the write.")] = None,
+) -> Any:
     """Which input tokens drove each answer token, and the answer as a whole, by the requested methods."""
-    return await usecase.explain(registry, settings, req, serving=serving, deadline=deadline)
+    body, outcome = await explain_cached(
+        registry, settings, cache, req, serving=serving, deadline=deadline, cache_control=cache_control
+    )
+    return JSONResponse(body, headers={"X-Cache": outcome.value})
