@@ -298,7 +298,8 @@ def test_explain_generation_explains_what_generate_returned(registry, explain_se
     options = ExplainOptions(methods=["saliency"])
     usecase.precheck(lm, explain_settings, prompt, options, max_new_tokens=5)
     output = generate(lm, prompt, SamplingParams(max_new_tokens=5))
-    response = asyncio.run(usecase.explain_generation(lm, explain_settings, prompt, output, options))
+    answer = usecase.answer_of(output, lm.special_ids)
+    response = asyncio.run(usecase.explain_generation(lm, explain_settings, prompt, answer, options))
     assert [t.id for t in response.target_tokens] == output.ids
     assert response.text == output.text
     with pytest.raises(BudgetExceeded):
