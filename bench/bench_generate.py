@@ -19,12 +19,12 @@ from pathlib import Path
 import httpx
 import torch
 
+from schemas.common import ChatMessage
 from service.engine.generation import generate
 from service.engine.prompt import build_prompt
 from service.engine.sampling import SamplingParams
 from service.models.loader import load_model
 from service.settings import Settings
-from schemas.common import ChatMessage
 
 PROMPT = [ChatMessage(role="user", content="Write a short story about a lighthouse keeper and a storm.")]
 
@@ -40,8 +40,10 @@ def time_to_ready(cache_dir: Path) -> float:
     env = {**os.environ, "GLASSBOX_CACHE_DIR": str(cache_dir), "GLASSBOX_PORT": str(port)}
     started = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--log-level", "warning"], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "service", "serve", "--log-level", "warning"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         while True:

@@ -176,8 +176,7 @@ def test_prompt_chat_injected_system_text_belongs_to_no_message(tiny_lm: LoadedM
     tokenizer = tiny_lm.tokenizer
     saved = tokenizer.chat_template
     tokenizer.chat_template = (
-        "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are helpful.<|im_end|>\n{% endif %}"
-        + CHATML
+        "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are helpful.<|im_end|>\n{% endif %}" + CHATML
     )
     try:
         prompt = build_prompt(tokenizer, messages=[ChatMessage(role="user", content="hello world")])

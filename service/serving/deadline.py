@@ -29,6 +29,12 @@ class Deadline:
         timeout_s = server_timeout_s if requested_ms is None else min(server_timeout_s, requested_ms / 1000)
         return cls(timeout_s)
 
+    def detached(self) -> Deadline:
+        """The same time limit with a cancel flag of its own (for work that several requests share)."""
+        copy = Deadline(self.timeout_s, clock=self._clock)
+        copy.started, copy.at = self.started, self.at
+        return copy
+
     def remaining(self) -> float:
         return max(0.0, self.at - self._clock())
 

@@ -99,8 +99,9 @@ async def explain_cached(
     cache_control: str | None,
 ) -> tuple[dict[str, Any], CacheOutcome]:
     lm = registry.get(req.model)
+    forced = req.target is not None  # forced decoding is deterministic whatever the sampling fields say
 
-    async def compute() -> ExplainResponse:
+    async def compute(run_deadline: Deadline) -> ExplainResponse:
         answer = None
         if req.target is None:
             await _precheck(lm, settings, req, req)
@@ -108,19 +109,22 @@ async def explain_cached(
             body, _ = await cached(
                 cache,
                 key_for("generate", lm, gen_req),
-                lambda: generate_once(registry, settings, gen_req, serving=serving, deadline=deadline),
+                lambda gen_deadline: generate_once(registry, settings, gen_req, serving=serving, deadline=gen_deadline),
+                deadline=run_deadline,
                 temperature=gen_req.temperature,
                 seed=gen_req.seed,
                 cache_control=cache_control,
             )
             answer = answer_from_body(body)
-        return await explain_usecase.explain(registry, settings, req, serving=serving, deadline=deadline, answer=answer)
+        return await explain_usecase.explain(
+            registry, settings, req, serving=serving, deadline=run_deadline, answer=answer
+        )
 
-    forced = req.target is not None  # forced decoding is deterministic whatever the sampling fields say
     return await cached(
         cache,
         key_for("explain", lm, req),
         compute,
+        deadline=deadline,
         temperature=0.0 if forced else req.temperature,
         seed=req.seed,
         cache_control=cache_control,

@@ -83,7 +83,8 @@ async def generate(
     body, outcome = await cached(
         cache,
         key_for("generate", lm, req),
-        lambda: generate_explained(registry, settings, req, serving=serving, deadline=deadline),
+        lambda run_deadline: generate_explained(registry, settings, req, serving=serving, deadline=run_deadline),
+        deadline=deadline,
         temperature=req.temperature,
         seed=req.seed,
         cache_control=cache_control,
