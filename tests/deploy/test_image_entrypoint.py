@@ -67,7 +67,21 @@ for i, (ancestor, paths) in enumerate(sorted(cfg["hidden"].items())):
 # 2. The cache stays writable: its own bind mount, not affected by the read-only remounts below.
 mount("--bind", cfg["cache"], cfg["cache"])
 
-# 3. Read-only root filesystem (per-mount flag of this namespace only), and read-only mounts of anything
+# 3. A private, writable /tmp, like the pod's emptyDir. What the server needs from under /tmp (a checkout
+#    or a model there, as in CI) is bound back in first; the next step makes those binds read-only.
+under_tmp = sorted({p for p in (cfg["project"], cfg["venv"], cfg["model"]) if p.startswith("/tmp/")})
+tmp_stages = []
+for j, path in enumerate(under_tmp):
+    stage = os.path.join(cfg["stage_dir"], f"tmp-{j}")
+    os.makedirs(stage)
+    mount("--bind", path, stage)
+    tmp_stages.append((stage, path))
+mount("-t", "tmpfs", "-o", "mode=1777,size=512m", "tmpfs", "/tmp")
+for stage, path in tmp_stages:
+    os.makedirs(path, exist_ok=True)
+    mount("--bind", stage, path)
+
+# 4. Read-only root filesystem (per-mount flag of this namespace only), and read-only mounts of anything
 #    else the project or the venv lives on.
 targets = {"/"}
 for path in (cfg["project"], cfg["venv"], cfg["model"]):
@@ -77,8 +91,6 @@ for target in sorted(targets):
     if target != cfg["cache"]:
         mount("-o", "remount,bind,ro", target)
 
-# 4. A private, writable /tmp, like the pod's emptyDir.
-mount("-t", "tmpfs", "-o", "mode=1777,size=512m", "tmpfs", "/tmp")
 
 def writable(folder):
     probe = os.path.join(folder, ".glassbox-write-probe")
