@@ -23,7 +23,6 @@ from schemas.explain import (
 )
 from service.engine.generation import GenerationOutput, generate
 from service.engine.prompt import PromptTokens, build_prompt
-from service.engine.sampling import SamplingParams
 from service.errors import InvalidRequest
 from service.explain import engine, present, summary
 from service.explain.methods.base import MethodOutput
@@ -33,7 +32,7 @@ from service.models.loaded import LoadedModel
 from service.models.registry import ModelRegistry
 from service.serving import Deadline, Serving
 from service.settings import Settings
-from service.usecases.generate import check_limits
+from service.usecases.generate import check_limits, sampling_params
 from service.usecases.tokens import prompt_tokens
 
 
@@ -115,14 +114,7 @@ async def _explain(
     else:
         check_limits(lm, settings, prompt, req.max_new_tokens)
         precheck(lm, settings, prompt, req, req.max_new_tokens)
-        params = SamplingParams(
-            max_new_tokens=req.max_new_tokens,
-            temperature=req.temperature,
-            top_p=req.top_p,
-            top_k=req.top_k,
-            seed=req.seed,
-            stop=tuple(req.stop),
-        )
+        params = sampling_params(req)
         started = time.perf_counter()
         output = await lm.run(generate, lm, prompt, params)
         timings["generate"] = time.perf_counter() - started

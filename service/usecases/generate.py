@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from schemas.common import ModelRef, Token
 from schemas.generate import GenerateRequest, GenerateResponse, Timings, Usage
+from schemas.inputs import SamplingFields
 from service.engine.generation import GenerationOutput
 from service.engine.prompt import PromptTokens, build_prompt
 from service.engine.sampling import SamplingParams
@@ -21,7 +22,8 @@ from service.settings import Settings
 from service.usecases.tokens import generated_token, prompt_tokens
 
 
-def sampling_params(req: GenerateRequest) -> SamplingParams:
+def sampling_params(req: SamplingFields) -> SamplingParams:
+    """The engine's sampling parameters from a request's sampling fields (alternatives only for /generate)."""
     return SamplingParams(
         max_new_tokens=req.max_new_tokens,
         temperature=req.temperature,
@@ -29,7 +31,7 @@ def sampling_params(req: GenerateRequest) -> SamplingParams:
         top_k=req.top_k,
         seed=req.seed,
         stop=tuple(req.stop),
-        top_logprobs=req.top_logprobs,
+        top_logprobs=getattr(req, "top_logprobs", 0),
     )
 
 

@@ -48,19 +48,24 @@ cfg = json.loads(sys.argv[1])
 def mount(*args):
     subprocess.run(["mount", *args], check=True)
 
-# 1. Folders the unprivileged user could not reach (e.g. an interpreter under /root, mode 0700): cover the
-#    hidden ancestor with an empty tmpfs and bind just the needed folders back in, read-only.
-for i, (ancestor, paths) in enumerate(sorted(cfg["hidden"].items())):
+# Mount a fresh tmpfs on `ancestor` and bind `paths` (folders under it) back in; returns them.
+def cover(tag, ancestor, paths, tmpfs_options):
     stages = []
     for j, path in enumerate(paths):
-        stage = os.path.join(cfg["stage_dir"], f"{i}-{j}")
+        stage = os.path.join(cfg["stage_dir"], f"{tag}-{j}")
         os.makedirs(stage)
         mount("--bind", path, stage)
         stages.append((stage, path))
-    mount("-t", "tmpfs", "-o", "mode=0755,size=1m", "tmpfs", ancestor)
+    mount("-t", "tmpfs", "-o", tmpfs_options, "tmpfs", ancestor)
     for stage, path in stages:
         os.makedirs(path, exist_ok=True)
         mount("--bind", stage, path)
+    return paths
+
+# 1. Folders the unprivileged user could not reach (e.g. an interpreter under /root, mode 0700): cover the
+#    hidden ancestor with an empty tmpfs and bind just the needed folders back in, read-only.
+for i, (ancestor, paths) in enumerate(sorted(cfg["hidden"].items())):
+    for path in cover(i, ancestor, paths, "mode=0755,size=1m"):
         mount("-o", "remount,bind,ro", path)
     mount("-o", "remount,bind,ro", ancestor)
 
@@ -70,16 +75,7 @@ mount("--bind", cfg["cache"], cfg["cache"])
 # 3. A private, writable /tmp, like the pod's emptyDir. What the server needs from under /tmp (a checkout
 #    or a model there, as in CI) is bound back in first; the next step makes those binds read-only.
 under_tmp = sorted({p for p in (cfg["project"], cfg["venv"], cfg["model"]) if p.startswith("/tmp/")})
-tmp_stages = []
-for j, path in enumerate(under_tmp):
-    stage = os.path.join(cfg["stage_dir"], f"tmp-{j}")
-    os.makedirs(stage)
-    mount("--bind", path, stage)
-    tmp_stages.append((stage, path))
-mount("-t", "tmpfs", "-o", "mode=1777,size=512m", "tmpfs", "/tmp")
-for stage, path in tmp_stages:
-    os.makedirs(path, exist_ok=True)
-    mount("--bind", stage, path)
+cover("tmp", "/tmp", under_tmp, "mode=1777,size=512m")
 
 # 4. Read-only root filesystem (per-mount flag of this namespace only), and read-only mounts of anything
 #    else the project or the venv lives on.
