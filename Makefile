@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.glassbox-installed
 TORCH_INDEX_ARGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: setup serve test test-fast lint format bench-explain bench-cache bench-serve loadtest check-deploy clean
+.PHONY: setup serve test pytest test-fast lint format bench-explain bench-cache bench-serve loadtest check-deploy clean
 
 setup: $(STAMP)
 
@@ -28,7 +28,12 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/glassbox serve --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+# The README's test command, and all that CI runs: lint, the pytest suite, the short load test, deploy checks.
+test: lint pytest
+	$(MAKE) loadtest LOADTEST_ARGS=--short
+	$(MAKE) check-deploy
+
+pytest: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
