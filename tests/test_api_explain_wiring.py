@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
+from service.api.routes import generate as generate_route
 from service.settings import Settings
 from service.usecases import explain_cached
 from tests.conftest import wait_ready
@@ -74,7 +75,8 @@ def test_explain_reuses_a_cached_generate(client: TestClient, monkeypatch: pytes
         calls.append(1)
         return await real(*args, **kwargs)
 
-    monkeypatch.setattr(explain_cached, "generate_once", counting)
+    monkeypatch.setattr(explain_cached, "generate_once", counting)  # /explain's generation
+    monkeypatch.setattr(generate_route, "generate_once", counting)  # /generate's
     generated = client.post("/generate", json={"messages": CHAT, "max_new_tokens": 6})
     assert generated.headers["x-cache"] == "miss"
     explained = client.post("/explain", json={"messages": CHAT, "max_new_tokens": 6, "methods": ["saliency"]})
@@ -93,3 +95,13 @@ def test_explain_unseeded_sampling_is_not_cached(client: TestClient) -> None:
     request = {"prompt": "Hello", "max_new_tokens": 3, "temperature": 1.0, "methods": ["saliency"]}
     assert client.post("/explain", json=request).headers["x-cache"] == "bypass"
     assert client.post("/explain", json=request).headers["x-cache"] == "bypass"
+
+
+def test_explain_over_budget_is_refused_before_generating(tiny_settings: Settings) -> None:
+    settings = tiny_settings.model_copy(update={"explain_max_targets": 2})
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        response = client.post("/explain", json={"prompt": "Hello", "max_new_tokens": 8, "methods": ["saliency"]})
+        assert response.status_code == 422 and response.json()["error"]["type"] == "budget_exceeded"
+        # nothing was generated (and so nothing stored) for the /generate of the same input
+        assert client.post("/generate", json={"prompt": "Hello", "max_new_tokens": 8}).headers["x-cache"] == "miss"

@@ -32,7 +32,7 @@ from service.models.loaded import LoadedModel
 from service.models.registry import ModelRegistry
 from service.serving import Deadline, Serving
 from service.settings import Settings
-from service.usecases.generate import check_limits, sampling_params
+from service.usecases.limits import check_limits, sampling_params
 from service.usecases.tokens import prompt_tokens
 
 

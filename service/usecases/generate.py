@@ -5,59 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from schemas.common import ModelRef, Token
 from schemas.generate import GenerateRequest, GenerateResponse, Timings, Usage
-from schemas.inputs import SamplingFields
 from service.engine.generation import GenerationOutput
 from service.engine.prompt import PromptTokens, build_prompt
-from service.engine.sampling import SamplingParams
-from service.errors import BudgetExceeded, ClientClosedRequest, DeadlineExceeded, InvalidRequest
+from service.errors import ClientClosedRequest, DeadlineExceeded
 from service.models.loaded import LoadedModel
 from service.models.registry import ModelRegistry
 from service.observability.tracing import traced
 from service.serving import Deadline, Serving
 from service.settings import Settings
+from service.usecases import explain as explain_usecase
+from service.usecases.limits import check_limits, check_new_tokens, sampling_params
 from service.usecases.tokens import generated_token, prompt_tokens
-
-
-def sampling_params(req: SamplingFields) -> SamplingParams:
-    """The engine's sampling parameters from a request's sampling fields (alternatives only for /generate)."""
-    return SamplingParams(
-        max_new_tokens=req.max_new_tokens,
-        temperature=req.temperature,
-        top_p=req.top_p,
-        top_k=req.top_k,
-        seed=req.seed,
-        stop=tuple(req.stop),
-        top_logprobs=getattr(req, "top_logprobs", 0),
-    )
-
-
-def check_new_tokens(settings: Settings, max_new_tokens: int) -> None:
-    """The part of the limits that needs no tokenizer: checked before a slot is taken."""
-    if max_new_tokens > settings.max_new_tokens_limit:
-        raise InvalidRequest(
-            f"max_new_tokens={max_new_tokens} is over this server's limit of {settings.max_new_tokens_limit}",
-            param="max_new_tokens",
-        )
-
-
-def check_limits(lm: LoadedModel, settings: Settings, prompt: PromptTokens, max_new_tokens: int) -> None:
-    """Refuse work the model cannot do before any model time is spent; messages give both numbers."""
-    check_new_tokens(settings, max_new_tokens)
-    if len(prompt) > settings.max_prompt_tokens:
-        raise BudgetExceeded(
-            f"the prompt has {len(prompt)} tokens, over this server's limit of {settings.max_prompt_tokens}",
-            param="prompt" if not prompt.is_chat else "messages",
-        )
-    if len(prompt) + max_new_tokens > lm.max_context:
-        raise InvalidRequest(
-            f"prompt tokens ({len(prompt)}) + max_new_tokens ({max_new_tokens}) = "
-            f"{len(prompt) + max_new_tokens} exceeds the model's context limit of {lm.max_context}",
-            param="max_new_tokens",
-        )
 
 
 async def tokenize(lm: LoadedModel, settings: Settings, req: GenerateRequest) -> tuple[PromptTokens, float]:
@@ -111,11 +74,16 @@ def build_response(
     )
 
 
+#: An extra check of the tokenized prompt, run in the slot before generating (e.g. an explain budget).
+PromptCheck = Callable[[LoadedModel, PromptTokens], None]
+
+
 @dataclass(frozen=True)
 class Admitted:
     """A request past everything that can refuse it with a status code, holding a slot."""
 
     lm: LoadedModel
+    settings: Settings
     prompt: PromptTokens
     deadline: Deadline
     tokenize_s: float
@@ -129,14 +97,34 @@ async def admit(
     serving: Serving,
     deadline: Deadline | None,
     slot: contextlib.AsyncExitStack,
+    check: PromptCheck | None = None,
 ) -> Admitted:
-    """Model, token limit, a slot (held until ``slot`` closes), then tokenization and the prompt's limits."""
+    """Model, token limit, a slot (held until ``slot`` closes), then tokenization and the prompt's limits:
+    the server's, those of the ``explain`` option (costed at the longest answer), and ``check``'s."""
     lm = registry.get(req.model)
     check_new_tokens(settings, req.max_new_tokens)
     deadline = deadline or serving.deadline()
     waited = await slot.enter_async_context(serving.admission.slot(lm.name, deadline))
     prompt, tokenize_s = await tokenize(lm, settings, req)
-    return Admitted(lm, prompt, deadline, tokenize_s, waited)
+    if req.explain is not None:
+        explain_usecase.precheck(lm, settings, prompt, req.explain, req.max_new_tokens)
+    if check is not None:
+        check(lm, prompt)
+    return Admitted(lm, settings, prompt, deadline, tokenize_s, waited)
+
+
+async def respond(job: Admitted, req: GenerateRequest, output: GenerationOutput, queue_s: float) -> GenerateResponse:
+    """The response, with the explanation of exactly these tokens when the request asks for one (run in the
+    request's slot, on the prompt it already tokenized)."""
+    response = build_response(
+        job.lm, job.prompt, req, output, tokenize_s=job.tokenize_s, queue_s=job.waited_s + queue_s
+    )
+    if req.explain is not None:
+        answer = explain_usecase.answer_of(output, job.lm.special_ids)
+        response.explanation = await explain_usecase.explain_generation(
+            job.lm, job.settings, job.prompt, answer, req.explain
+        )
+    return response
 
 
 async def generate_once(
@@ -146,14 +134,15 @@ async def generate_once(
     *,
     serving: Serving,
     deadline: Deadline | None = None,
+    check: PromptCheck | None = None,
 ) -> GenerateResponse:
-    """Non-streaming /generate: a slot, then tokenize, then a row in the model's batch."""
+    """Non-streaming /generate: a slot, then tokenize, then a row in the model's batch (and the explanation)."""
     async with contextlib.AsyncExitStack() as slot:
-        job = await admit(registry, settings, req, serving, deadline, slot)
+        job = await admit(registry, settings, req, serving, deadline, slot, check)
         lm, prompt = job.lm, job.prompt
         with traced("glassbox.generate", model=lm.name, prompt_tokens=len(prompt)) as span:
             batcher = serving.batcher(lm)
             output, queue_s = await batcher.generate(prompt.ids, sampling_params(req), deadline=job.deadline)
             span.set_attribute("completion_tokens", len(output.tokens))
-    raise_if_stopped(output, job.deadline)
-    return build_response(lm, prompt, req, output, tokenize_s=job.tokenize_s, queue_s=job.waited_s + queue_s)
+        raise_if_stopped(output, job.deadline)
+        return await respond(job, req, output, queue_s)

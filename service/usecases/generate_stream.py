@@ -17,7 +17,8 @@ from service.metrics import record_failure
 from service.models.registry import ModelRegistry
 from service.serving import Batcher, Deadline, Serving
 from service.settings import Settings
-from service.usecases.generate import Admitted, admit, build_response, raise_if_stopped, sampling_params
+from service.usecases.generate import Admitted, admit, raise_if_stopped, respond
+from service.usecases.limits import sampling_params
 from service.usecases.tokens import generated_token
 
 log = logging.getLogger(__name__)
@@ -63,14 +64,7 @@ class GenerationStream:
                 index += 1
             output, queue_s = task.result()
             raise_if_stopped(output, self._deadline)
-            yield build_response(
-                self._lm,
-                self._prompt,
-                self._req,
-                output,
-                tokenize_s=self._job.tokenize_s,
-                queue_s=self._job.waited_s + queue_s,
-            )
+            yield await respond(self._job, self._req, output, queue_s)
         except GlassboxError as exc:
             record_failure("/generate", exc.type)
             yield ErrorBody(error=ErrorDetail(message=exc.message, type=exc.type, param=exc.param, code=exc.code))

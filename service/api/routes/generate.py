@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header
@@ -11,22 +11,19 @@ from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 from starlette.types import Receive, Scope, Send
 
-from schemas.common import ErrorBody
 from schemas.generate import GenerateRequest, GenerateResponse, TokenEvent
 from service.api.deadline import RequestDeadline, get_serving
 from service.api.deps import get_cache, get_registry, get_settings
-from service.api.errors import ERROR_RESPONSES, error_body
+from service.api.errors import ERROR_RESPONSES
 from service.cache import ResponseCache
-from service.errors import GlassboxError
 from service.models.registry import ModelRegistry
 from service.serving import Serving
 from service.settings import Settings
 from service.usecases.caching import cached, key_for
-from service.usecases.explain_cached import explain_stream_result, generate_explained
+from service.usecases.generate import generate_once
 from service.usecases.generate_stream import GenerationStream, open_stream
 
 log = logging.getLogger(__name__)
-Finish = Callable[[GenerateResponse], Awaitable[GenerateResponse]]
 router = APIRouter(tags=["generate"])
 
 
@@ -74,16 +71,12 @@ async def generate(
     """Generate text with per-token ids, offsets, logprobs and alternatives."""
     if req.stream:
         stream = await open_stream(registry, settings, req, serving=serving, deadline=deadline)
-
-        async def finish(response: GenerateResponse) -> GenerateResponse:
-            return await explain_stream_result(registry, settings, req, response)
-
-        return _StreamResponse(stream, finish, headers={"X-Cache": "bypass"})
+        return _StreamResponse(stream, headers={"X-Cache": "bypass"})
     lm = registry.get(req.model)
     body, outcome = await cached(
         cache,
         key_for("generate", lm, req),
-        lambda run_deadline: generate_explained(registry, settings, req, serving=serving, deadline=run_deadline),
+        lambda run_deadline: generate_once(registry, settings, req, serving=serving, deadline=run_deadline),
         deadline=deadline,
         temperature=req.temperature,
         seed=req.seed,
@@ -95,8 +88,8 @@ async def generate(
 class _StreamResponse(EventSourceResponse):
     """Closes the generation (its slot, its batch row) however the response ends, even if never iterated."""
 
-    def __init__(self, stream: GenerationStream, finish: Finish, **kwargs: Any) -> None:
-        super().__init__(_sse(stream, finish), **kwargs)
+    def __init__(self, stream: GenerationStream, **kwargs: Any) -> None:
+        super().__init__(_sse(stream), **kwargs)
         self._stream = stream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -106,12 +99,7 @@ class _StreamResponse(EventSourceResponse):
             await self._stream.close()
 
 
-async def _sse(stream: GenerationStream, finish: Finish) -> AsyncIterator[dict[str, str]]:
+async def _sse(stream: GenerationStream) -> AsyncIterator[dict[str, str]]:
     async for item in stream.events():
         kind = "token" if isinstance(item, TokenEvent) else "done" if isinstance(item, GenerateResponse) else "error"
-        if isinstance(item, GenerateResponse):
-            try:
-                item = await finish(item)
-            except GlassboxError as exc:
-                kind, item = "error", ErrorBody.model_validate(error_body(exc))
         yield {"event": kind, "data": item.model_dump_json(exclude_none=kind != "error")}
