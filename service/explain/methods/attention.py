@@ -35,19 +35,24 @@ def _reduce(array: torch.Tensor, dim: int, how: str) -> torch.Tensor:
     return array
 
 
-@register
-class Attention(Method):
-    name = "attention"
+class AttentionMethod(Method):
+    """A method that reads the attention weights of the shared forward (which keeps them all in memory)."""
+
     needs_attention = True
+
+    def cost(self, shape: Shape, dims: ModelDims, options: Any) -> Cost:
+        weights = dims.layers * dims.heads * shape.seq_len * shape.seq_len * 4
+        return Cost(work=0, memory=dims.graph_bytes(1, shape.seq_len, shape.answer_len, True) + weights)
+
+
+@register
+class Attention(AttentionMethod):
+    name = "attention"
 
     def validate(self, config: PretrainedConfig, options: Any) -> None:
         opts: AttentionOptions = options
         resolve(opts.layers, int(config.num_hidden_layers), "attention.layers")
         resolve(opts.heads, int(config.num_attention_heads), "attention.heads")
-
-    def cost(self, shape: Shape, dims: ModelDims, options: Any) -> Cost:
-        weights = dims.layers * dims.heads * shape.seq_len * shape.seq_len * 4
-        return Cost(work=0, memory=dims.graph_bytes(1, shape.seq_len, shape.answer_len, True) + weights)
 
     def run(self, ctx: Context, options: Any) -> MethodOutput:
         opts: AttentionOptions = options

@@ -9,8 +9,8 @@ import torch
 
 from schemas.explain import RolloutOptions
 from service.explain.context import Context
-from service.explain.cost import Cost, ModelDims, Shape
-from service.explain.methods.base import Method, MethodOutput, register
+from service.explain.methods.attention import AttentionMethod
+from service.explain.methods.base import MethodOutput, register
 
 
 def rollout(attentions: list[torch.Tensor], residual: float) -> torch.Tensor:
@@ -26,13 +26,8 @@ def rollout(attentions: list[torch.Tensor], residual: float) -> torch.Tensor:
 
 
 @register
-class AttentionRollout(Method):
+class AttentionRollout(AttentionMethod):
     name = "attention_rollout"
-    needs_attention = True
-
-    def cost(self, shape: Shape, dims: ModelDims, options: Any) -> Cost:
-        weights = dims.layers * dims.heads * shape.seq_len * shape.seq_len * 4
-        return Cost(work=0, memory=dims.graph_bytes(1, shape.seq_len, shape.answer_len, True) + weights)
 
     def run(self, ctx: Context, options: Any) -> MethodOutput:
         opts: RolloutOptions = options
