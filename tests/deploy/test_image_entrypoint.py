@@ -82,7 +82,7 @@ cover("tmp", "/tmp", under_tmp, "mode=1777,size=512m")
 targets = {"/"}
 for path in (cfg["project"], cfg["venv"], cfg["model"]):
     out = subprocess.run(["findmnt", "-n", "-o", "TARGET", "-T", path], check=True, capture_output=True, text=True)
-    targets.add(out.stdout.strip())
+    targets.update(out.stdout.split())  # one line per mount stacked on the target: the same target
 for target in sorted(targets):
     if target != cfg["cache"]:
         mount("-o", "remount,bind,ro", target)
@@ -168,8 +168,27 @@ def scratch() -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.fixture
+def checkout_open_to_image_user() -> Iterator[None]:
+    """Binds can hide a closed ancestor, but not open a closed folder itself: a checkout made in a private
+    folder (e.g. `mktemp -d`, mode 0700) gets traverse permission (o+x, no listing) for the test's length."""
+    uid, gid = (int(x) for x in (final_stage().user or "0:0").split(":"))
+    changed = []
+    try:
+        for folder in (ROOT, Path(sys.prefix)):
+            if not _traversable(folder, uid, gid):
+                mode = stat.S_IMODE(folder.stat().st_mode)
+                folder.chmod(mode | stat.S_IXOTH)
+                changed.append((folder, mode))
+        yield
+    finally:
+        for folder, mode in changed:
+            folder.chmod(mode)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to mount and switch user")
+@pytest.mark.usefixtures("checkout_open_to_image_user")
 def test_entry_command_serves_as_image_user_on_read_only_root(tiny_model_dir: Path, scratch: Path) -> None:
     for tool in ("unshare", "mount", "findmnt"):
         assert shutil.which(tool), f"{tool} (util-linux) is needed"
