@@ -170,6 +170,11 @@ class ExplainRequest(InputFields, SamplingFields, ExplainOptions):
     )
 
     target: str | None = Field(None, min_length=1, max_length=100_000, description="Answer text to explain.")
+    stream: bool = Field(
+        False,
+        description="Server-Sent Events: `progress` and `row` events while the explanation runs, then `done` "
+        "with the response (or `error` with the error body).",
+    )
 
 
 class ArrayData(BaseModel):
@@ -240,3 +245,23 @@ class ExplainResponse(BaseModel):
     cache: Literal["hit", "miss", "bypass", "error"] | None = Field(
         None, description="What the response cache did (also in the `X-Cache` header); timings are the original's."
     )
+
+
+class ExplainProgressEvent(BaseModel):
+    """Streaming (`event: progress`): units of model work done so far, for a progress bar."""
+
+    done: int = Field(description="Units of work finished.")
+    total: int = Field(description="Units of work planned (may grow by a few when a phase is re-planned).")
+    elapsed_s: float
+    eta_s: float = Field(description="Estimated seconds left (from the calibrated cost model).")
+    phase: str = Field(description="What is running, e.g. `forward`, `gradients`, `integrated_gradients`.")
+
+
+class ExplainRowEvent(BaseModel):
+    """Streaming (`event: row`): one final row of a `tokens`-scope method, equal to that row of the `done`
+    response (same units, normalization, top-k, precision and encoding)."""
+
+    method: str
+    row: int = Field(description="Index into the response's `rows` (and `methods[m].tokens` target axis).")
+    target: int = Field(description="The target token index (`rows[row]`).")
+    scores: ArrayData = Field(description="[..., source]: the row's scores.")
