@@ -224,6 +224,9 @@ class Provenance(BaseModel):
     methods: dict[str, dict[str, Any]]
     chunks: dict[str, int] = Field(description="Targets per backward pass, steps per forward, sequences per batch.")
     estimated_work: int = Field(description="Token passes the cost estimate charged this request.")
+    estimated_s: float = Field(description="Seconds the calibrated cost model expected the engine to take.")
+    engine_s: float = Field(description="Seconds the engine actually took (including interleaved decode steps).")
+    units: int = Field(description="Units of work run (the scheduler could interleave or stop between any two).")
     timings_ms: dict[str, float]
 
 

@@ -58,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         # The drain phase already waited up to drain_timeout_s; this only bounds closing what is left.
         timeout_graceful_shutdown=_CLOSE_TIMEOUT_S,
     )
-    DrainingServer(config, app.state.serving.drain).run()
+    serving = app.state.serving
+    DrainingServer(config, serving.drain, stop_work=serving.close).run()
 
 
 if __name__ == "__main__":

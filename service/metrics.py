@@ -41,6 +41,17 @@ BATCH_SIZE = Histogram(
     "glassbox_batch_size", "Sequences per decode step.", ["model"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 )
 TOKENS = Counter("glassbox_tokens_total", "Tokens processed (kind: prompt, completion).", ["model", "kind"])
+WORK_STOPPED = Counter(
+    "glassbox_work_stopped_total",
+    "Model work (explanations) stopped before finishing, by reason: timeout, cancelled (client left), shutdown.",
+    ["model", "kind", "reason"],
+)
+ESTIMATE_ERROR = Histogram(
+    "glassbox_explain_estimate_ratio",
+    "Actual over estimated seconds of each finished explanation (1 = exact; the cost model errs high).",
+    ["model"],
+    buckets=(0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2, 3, 5, 10),
+)
 MODEL_INFO = Gauge("glassbox_model_info", "Loaded models (value 1).", ["model", "revision", "device", "dtype"])
 
 #: Error ``type`` (the body's ``error.type``) → failure reason label.

@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     explain_memory_mb: int = Field(
         2048, ge=64, description="/explain: activation memory one request may hold; backward passes are chunked to fit."
     )
+    explain_max_seconds: float = Field(
+        240.0,
+        gt=0,
+        description="/explain: upper bound on the estimated seconds of one explanation (calibrated at load); "
+        "a request whose estimate exceeds this or its own deadline is refused with 422 before any model work.",
+    )
     explain_max_values: int = Field(
         4_000_000, ge=1000, description="/explain: upper bound on the numbers in one response."
     )
@@ -93,6 +99,13 @@ class Settings(BaseSettings):
         64, ge=0, description="Requests per model waiting for a slot; past it, 429 with Retry-After."
     )
     max_batch_size: int = Field(8, ge=1, description="Sequences decoded together in one forward pass.")
+    explain_time_share: float = Field(
+        1 / 3,
+        gt=0,
+        lt=1,
+        description="While generation waits, the share of the model's time an explanation gets (the rest goes "
+        "to decode steps); with nothing waiting an explanation gets all of it.",
+    )
     request_timeout_s: float = Field(
         300.0, gt=0, description="Server deadline per request (504 past it); X-Request-Timeout-Ms may lower it."
     )

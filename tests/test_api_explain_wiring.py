@@ -69,14 +69,16 @@ def test_explain_is_cached(client: TestClient) -> None:
 
 def test_explain_reuses_a_cached_generate(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real = explain_cached.generate_once
 
-    async def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append(1)
-        return await real(*args, **kwargs)
+    def counting(real):  # type: ignore[no-untyped-def]
+        async def count(*args, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append(1)
+            return await real(*args, **kwargs)
 
-    monkeypatch.setattr(explain_cached, "generate_once", counting)  # /explain's generation
-    monkeypatch.setattr(generate_route, "generate_once", counting)  # /generate's
+        return count
+
+    monkeypatch.setattr(explain_cached, "generate_admitted", counting(explain_cached.generate_admitted))  # /explain's
+    monkeypatch.setattr(generate_route, "generate_once", counting(generate_route.generate_once))  # /generate's
     generated = client.post("/generate", json={"messages": CHAT, "max_new_tokens": 6})
     assert generated.headers["x-cache"] == "miss"
     explained = client.post("/explain", json={"messages": CHAT, "max_new_tokens": 6, "methods": ["saliency"]})

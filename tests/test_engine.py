@@ -12,11 +12,12 @@ from hypothesis import strategies as st
 
 from schemas.common import ChatMessage
 from service.engine.detokenize import IncrementalDetokenizer
-from service.engine.generation import generate
 from service.engine.prompt import build_prompt
 from service.engine.sampling import SamplingParams, filter_logits
 from service.errors import InvalidRequest
 from service.models.loaded import LoadedModel
+from service.serving.deadline import Deadline
+from tests.support.run import generate
 from tests.support.tiny_model import CHATML
 
 
@@ -162,12 +163,13 @@ def test_generate_streams_every_token_once(tiny_lm: LoadedModel) -> None:
 def test_generate_cancel_stops_at_next_token(tiny_lm: LoadedModel) -> None:
     prompt = build_prompt(tiny_lm.tokenizer, prompt="Hello")
     count = []
+    deadline = Deadline(60)
     out = generate(
         tiny_lm,
         prompt,
         SamplingParams(max_new_tokens=50, temperature=1.0, seed=5),
-        on_token=count.append,
-        cancelled=lambda: len(count) >= 3,
+        on_token=lambda token: (count.append(token), len(count) >= 3 and deadline.cancel()),
+        deadline=deadline,
     )
     assert out.finish_reason == "cancelled" and len(out.tokens) == 3
 

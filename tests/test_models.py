@@ -114,13 +114,3 @@ def test_registry_before_and_after_loading(tiny_settings: Settings) -> None:
         registry.get("other")
     asyncio.run(registry.load_all())
     assert registry.ready and registry.get("tiny").name == "tiny"
-    registry.close()
-
-
-def test_loaded_model_run_executes_off_the_event_loop(tiny_lm) -> None:  # type: ignore[no-untyped-def]
-    import threading
-
-    async def main() -> str:
-        return await tiny_lm.run(lambda: threading.current_thread().name)
-
-    assert asyncio.run(main()).startswith("model-")

@@ -45,7 +45,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
             await serving.close()
-            registry.close()
             if tracer_provider is not None:  # a last flush, bounded: an unreachable collector can't hold exit
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.to_thread(tracer_provider.shutdown), EXPORT_TIMEOUT_S + 1)

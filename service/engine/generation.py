@@ -4,22 +4,20 @@ A hand-written loop rather than ``model.generate`` because every token needs its
 alternatives, its text and offset as it is produced (for streaming), stop strings must cut the text
 exactly, and a cancelled request must stop at the next token.
 
-The per-sequence part (choosing a token, logprobs, text, stops, streaming) is :class:`SequenceDecoder`;
-``generate`` drives one sequence with it, and the batch scheduler (``service/serving/batcher.py``) drives
-many sharing one forward pass, so a request decodes the same way alone or in a batch.
+The per-sequence part (choosing a token, logprobs, text, stops, streaming) is :class:`SequenceDecoder`; the
+continuous batch (``service/serving/batcher.py``) drives many sharing one forward pass, so a request decodes
+the same way alone or in a batch. There is no other decode loop.
 """
 
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from service.engine.detokenize import IncrementalDetokenizer
-from service.engine.prompt import PromptTokens
 from service.engine.sampling import SamplingParams, choose
 from service.models.loaded import LoadedModel
 
@@ -171,30 +169,3 @@ class SequenceDecoder:
                 self._on_token(token)
             self._streamed = len(tokens)
         return GenerationOutput(tokens, text, finish, self.seed, prefill_s, decode_s)
-
-
-def generate(
-    lm: LoadedModel,
-    prompt: PromptTokens,
-    params: SamplingParams,
-    on_token: Callable[[GeneratedToken], None] | None = None,
-    cancelled: Callable[[], bool] | None = None,
-) -> GenerationOutput:
-    """Generate up to ``params.max_new_tokens`` tokens after ``prompt``. Runs on the model's thread."""
-    decoder = SequenceDecoder(lm, params, on_token)
-    started = time.perf_counter()
-    with torch.inference_mode():
-        out = lm.model(input_ids=torch.tensor([prompt.ids], device=lm.device), use_cache=True)
-        prefill_s = time.perf_counter() - started
-        while True:
-            if cancelled is not None and cancelled():
-                decoder.stop("cancelled")
-                break
-            if decoder.push(out.logits[0, -1]):
-                break
-            out = lm.model(
-                input_ids=torch.tensor([[decoder.last_id]], device=lm.device),
-                cache=out.cache,
-                use_cache=True,
-            )
-    return decoder.finish(prefill_s, time.perf_counter() - started - prefill_s)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel
 
 from service.explain import forward as fw
+from service.explain.checkpoint import NO_CHECKPOINT, Checkpoint, RowsCallback
 from service.explain.objective import logprobs, sequence_score, token_scores
 from service.explain.task import Task
 
@@ -38,14 +40,43 @@ class GradientRows:
 class Context:
     """Lazily computed, cached pieces; methods ask for what they need and share what others computed."""
 
-    def __init__(self, model: PreTrainedModel, task: Task, *, attentions: bool, gradients: bool) -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        task: Task,
+        *,
+        attentions: bool,
+        gradients: bool,
+        checkpoint: Checkpoint = NO_CHECKPOINT,
+        on_rows: RowsCallback | None = None,
+        total_units: int = 0,
+    ) -> None:
         self.model = model
         self.task = task
+        self.checkpoint = checkpoint
+        self.on_rows = on_rows
+        self.streamed: set[str] = set()  # methods whose rows were already sent as they became final
+        self.done_units = 0
+        self.total_units = total_units
         self.device = fw.embedding_weight(model).device
         self.embeddings = fw.embed(model, task.ids)  # [T, d]
         self._attentions = attentions
         self._gradients = gradients
         self.targets = torch.tensor(task.ids, device=self.device)
+
+    # --- units of work ---------------------------------------------------------------------------
+    def unit(self, phase: str) -> None:
+        """One unit of work is done: report progress, then let the scheduler interleave or stop us."""
+        self.done_units += 1
+        self.total_units = max(self.total_units, self.done_units)
+        self.checkpoint.progress(self.done_units, self.total_units, phase)
+        self.checkpoint()
+
+    def emit_rows(self, method: str, rows: range, values: np.ndarray, *, over_units: bool = False) -> None:
+        """Rows of ``method`` that are final ([len(rows), positions]), for streaming."""
+        if self.on_rows is not None and method in self.task.methods:
+            self.on_rows(method, list(rows), values, over_units)
+            self.streamed.add(method)
 
     # --- positions and objectives -------------------------------------------------------------
     def row_index(self) -> torch.Tensor:
@@ -89,6 +120,7 @@ class Context:
             foil_lps = None
             if foils is not None:
                 foil_lps = logprobs(out.logits.detach()[:, self.row_index()], foils)[0].tolist()
+        self.unit("forward")
         return Forward(leaf, row_scores, span_score, lps, foil_lps, out.attentions)
 
     # --- gradients shared by saliency and input x gradient ---------------------------------------
@@ -109,10 +141,14 @@ class Context:
                 grads = fw.batched_input_grads(fwd.row_scores, fwd.leaf, vectors, keep_graph=keep)[:, 0]
                 saliency[chunk.start : chunk.stop] = grads.norm(dim=-1).float().cpu()
                 ixg[chunk.start : chunk.stop] = (grads * x).sum(-1).float().cpu()
+                self.emit_rows("saliency", chunk, saliency[chunk.start : chunk.stop].numpy())
+                self.emit_rows("input_x_gradient", chunk, ixg[chunk.start : chunk.stop].numpy())
+                self.unit("gradients")
         if "sequence" in task.scopes:
             grad = self.sequence_gradient()
             seq_saliency = grad.norm(dim=-1).float().cpu()
             seq_ixg = (grad * x[: task.sequence_sources]).sum(-1).float().cpu()
+            self.unit("gradients")
         return GradientRows(saliency, ixg, seq_saliency, seq_ixg)
 
     def sequence_gradient(self) -> torch.Tensor:
@@ -144,14 +180,3 @@ class Context:
         out = fw.run(self.model, embeds, fw.predicting(positions, self.device))
         ids = torch.tensor([seq[p] for p in positions], device=self.device)
         return sequence_score(out.logits, ids, self.task.function)
-
-    @functools.cached_property
-    def contrast_logprob(self) -> float:
-        seq = self.task.contrast_sequence
-        assert seq is not None
-        with torch.no_grad():
-            embeds = fw.embed(self.model, seq).unsqueeze(0)
-            positions = self.contrast_positions()
-            out = fw.run(self.model, embeds, fw.predicting(positions, self.device))
-            ids = torch.tensor([seq[p] for p in positions], device=self.device)
-            return float(sequence_score(out.logits, ids, "logprob")[0])

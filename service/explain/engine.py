@@ -1,14 +1,16 @@
-"""Run the requested methods on one task, sharing the forward and gradients. Synchronous: call it on the
-model's worker thread (``LoadedModel.run``)."""
+"""Run the requested methods on one task, sharing the forward and gradients. Synchronous: it runs on the
+model's thread (the scheduler's), calling ``checkpoint`` between units of work and inside every pass."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
 from transformers import PreTrainedModel
 
 from service.explain import methods as registry
+from service.explain.checkpoint import NO_CHECKPOINT, Checkpoint, RowsCallback
 from service.explain.context import Context
 from service.explain.methods.base import MethodOutput
 from service.explain.state import explaining
@@ -20,19 +22,41 @@ class EngineResult:
     outputs: dict[str, MethodOutput]
     answer_logprobs: list[float]
     foil_logprobs: list[float] | None
-    contrast_logprob: float | None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    units: int = 0  # units of work run
 
 
-def explain(model: PreTrainedModel, task: Task) -> EngineResult:
+def shared_gradient_units(task: Task) -> int:
+    rows = math.ceil(len(task.rows) / task.chunks.targets) if "tokens" in task.scopes and task.rows else 0
+    return rows + ("sequence" in task.scopes)
+
+
+def total_units(task: Task) -> int:
+    """Units the progress bar counts: the forward, the shared gradients, each method's own, one per method."""
+    methods = [registry.get(name) for name in task.methods]
+    gradients = any(m.needs_gradients for m in methods)
+    return 1 + (shared_gradient_units(task) if gradients else 0) + sum(m.units(task) + 1 for m in methods)
+
+
+def explain(
+    model: PreTrainedModel, task: Task, checkpoint: Checkpoint = NO_CHECKPOINT, on_rows: RowsCallback | None = None
+) -> EngineResult:
     """All methods of ``task`` in one pass over the model state (restored on exit, errors included)."""
     methods = [registry.get(name) for name in task.methods]
     attention = any(m.needs_attention for m in methods)
     gradients = any(m.needs_gradients for m in methods)
     timings: dict[str, float] = {}
     outputs: dict[str, MethodOutput] = {}
-    with explaining(model, attention=attention):
-        ctx = Context(model, task, attentions=attention, gradients=gradients)
+    with explaining(model, attention=attention, checkpoint=checkpoint):
+        ctx = Context(
+            model,
+            task,
+            attentions=attention,
+            gradients=gradients,
+            checkpoint=checkpoint,
+            on_rows=on_rows,
+            total_units=total_units(task),
+        )
         started = time.perf_counter()
         forward = ctx.forward
         timings["forward"] = time.perf_counter() - started
@@ -42,9 +66,11 @@ def explain(model: PreTrainedModel, task: Task) -> EngineResult:
             timings["gradients"] = time.perf_counter() - started
         for method in methods:
             started = time.perf_counter()
-            outputs[method.name] = method.run(ctx, task.methods[method.name])
+            out = outputs[method.name] = method.run(ctx, task.methods[method.name])
+            if out.tokens is not None and method.name not in ctx.streamed:
+                ctx.emit_rows(method.name, range(len(task.rows)), out.tokens, over_units=out.over_units)
             timings[method.name] = time.perf_counter() - started
-        contrast_lp = ctx.contrast_logprob if task.contrast_ids is not None else None
-        result = EngineResult(outputs, forward.answer_logprobs, forward.foil_logprobs, contrast_lp, timings)
+            ctx.unit(method.name)
+        result = EngineResult(outputs, forward.answer_logprobs, forward.foil_logprobs, timings, ctx.done_units)
         del ctx, forward  # drop the graph before leaving the model's thread
     return result

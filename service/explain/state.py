@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel
+
+from service.explain.checkpoint import Checkpoint
+
+#: Set on a model while other work runs at one of an explanation's checkpoints: our hooks stand aside.
+_PAUSED = "_glassbox_paused"
+
+
+def is_paused(model: torch.nn.Module) -> bool:
+    return bool(getattr(model, _PAUSED, False))
 
 
 def attention_implementation(model: PreTrainedModel) -> str:
@@ -43,15 +52,79 @@ def input_gradients(model: PreTrainedModel) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's stack of decoder layers: the module list as long as the text config's layer count (or
+    the longest module list when no config says)."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
+    count = getattr(text, "num_hidden_layers", None)
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0]
+    exact = [m for m in lists if len(m) == count]
+    chosen = exact[0] if exact else max(lists, key=len, default=None)
+    return list(chosen) if chosen is not None else []
+
+
 @contextmanager
-def explaining(model: PreTrainedModel, *, attention: bool) -> Iterator[None]:
-    """Everything an explanation changes on the model, undone on every path (errors included)."""
-    was_training = model.training
-    model.eval()
+def layer_checkpoints(model: PreTrainedModel, checkpoint: Checkpoint) -> Iterator[None]:
+    """Call ``checkpoint`` before every decoder layer's forward and after its backward, so that no pass over a
+    long input is one indivisible unit (the scheduler interleaves, stops or times out work there)."""
+
+    def before(_module: torch.nn.Module, _args: Any) -> None:
+        if not is_paused(model):
+            checkpoint()
+
+    def backward(_grad: torch.Tensor) -> None:
+        if not is_paused(model):
+            checkpoint()
+
+    def after(_module: torch.nn.Module, _args: Any, output: Any) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output
+        if isinstance(hidden, torch.Tensor) and hidden.requires_grad and not is_paused(model):
+            hidden.register_hook(backward)
+
+    handles = []
+    for layer in decoder_layers(model):
+        handles.append(layer.register_forward_pre_hook(before))
+        handles.append(layer.register_forward_hook(after))
     try:
-        with eager_attention(model, attention), input_gradients(model):
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def serving_state(model: PreTrainedModel, implementation: str) -> Iterator[None]:
+    """The model as serving uses it (its own attention, our hooks idle), inside an explanation's pause."""
+    current = attention_implementation(model)
+    setattr(model, _PAUSED, True)
+    if current != implementation:
+        model.set_attn_implementation(implementation)
+    try:
+        yield
+    finally:
+        if current != implementation:
+            model.set_attn_implementation(current)
+        setattr(model, _PAUSED, False)
+
+
+@contextmanager
+def explaining(model: PreTrainedModel, *, attention: bool, checkpoint: Checkpoint) -> Iterator[None]:
+    """Everything an explanation changes on the model, undone on every path (errors included); between
+    units, ``checkpoint`` may run other requests' decode steps in the model's serving state."""
+    was_training = model.training
+    serving = attention_implementation(model)
+    model.eval()
+    previous_pause = checkpoint.pause
+    checkpoint.pause = lambda: serving_state(model, serving)
+    try:
+        with ExitStack() as stack:
+            stack.enter_context(eager_attention(model, attention))
+            stack.enter_context(input_gradients(model))
+            stack.enter_context(layer_checkpoints(model, checkpoint))
             yield
     finally:
+        checkpoint.pause = previous_pause
         model.train(was_training)
 
 
@@ -81,6 +154,8 @@ def attention_capture(model: PreTrainedModel) -> Iterator[list[torch.Tensor]]:
     captured: list[torch.Tensor] = []
 
     def hook(_module: torch.nn.Module, _args: Any, output: Any) -> None:
+        if is_paused(model):
+            return
         weights = output[index] if isinstance(output, tuple) else None
         if weights is None:
             raise RuntimeError("the attention module returned no weights (is eager attention on?)")

@@ -1,21 +1,17 @@
-"""A warm model: weights, tokenizer and the one worker thread that every piece of model work runs on."""
+"""A warm model: weights, tokenizer and what the service knows about them. Its model work runs on the thread
+of its scheduler (``service/serving/scheduler.py``)."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from service.errors import OutOfMemory
-
-T = TypeVar("T")
+from service.models.calibrate import Speed
 
 #: Substrings of allocator errors that torch raises as plain RuntimeError (CPU, MPS, older CUDA paths).
 _OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory", "failed to allocate")
@@ -51,24 +47,8 @@ class LoadedModel:
     dtype: torch.dtype
     revision: str
     max_context: int
-    _executor: ThreadPoolExecutor = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{self.name}")
-
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn`` on this model's worker thread, off the event loop. Out-of-memory becomes a 503 for
-        this call alone: the exception frees the call's tensors, so the model serves the next one."""
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
-        except Exception as exc:
-            if is_oom(exc):
-                raise as_oom_error(exc, self) from exc
-            raise
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+    #: Measured at load (the cost model's seconds); None only for models built by hand in tests.
+    speed: Speed | None = None
 
     @functools.cached_property
     def eos_ids(self) -> frozenset[int]:

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils.hub import cached_file
 
+from service.models.calibrate import calibrate
 from service.models.loaded import LoadedModel
 from service.models.sources import BUILTIN_ALIASES, convert_gguf_cached, weights_digest
 from service.settings import Settings
@@ -91,12 +92,16 @@ def load_model(name: str, source: str, settings: Settings) -> LoadedModel:
     )
     if settings.warmup:
         warm_up(lm)
+    lm.speed = calibrate(model, device, max_context=lm.max_context)
     log.info(
-        "model %s ready on %s (%s) in %.2f s",
+        "model %s ready on %s (%s) in %.2f s; %.0f token passes/s with gradients, %.0f without, %.1f ms a decode step",
         name,
         device,
         str(dtype).removeprefix("torch."),
         time.perf_counter() - started,
+        lm.speed.passes_per_s,
+        lm.speed.forward_per_s,
+        lm.speed.decode_step_s * 1000,
     )
     return lm
 

@@ -61,8 +61,3 @@ class ModelRegistry:
             detail = f"failed to load: {slot.error}" if slot.error else "still loading; retry shortly"
             raise ModelNotReady(f"model {slot.name!r} is not ready ({detail})", headers={"Retry-After": "5"})
         return slot.model
-
-    def close(self) -> None:
-        for slot in self._slots.values():
-            if slot.model is not None:
-                slot.model.close()

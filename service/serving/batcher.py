@@ -5,9 +5,8 @@ exactly what it would be alone), decodes one token per step alongside the others
 it finishes, is cancelled or passes its deadline. Sampling, seeds, stop strings, logprobs and streaming
 stay per request in :class:`~service.engine.generation.SequenceDecoder`.
 
-All model work runs on the model's single worker thread (``LoadedModel.run``) in slices of at most
-``slice_s``; between slices other work queued on that thread (an /explain) gets its turn. A slice admits
-new rows by itself, so arrivals never wait for a slice to end.
+The model's scheduler (``service/serving/scheduler.py``) owns the thread that runs it: it calls ``tick``
+between other work, and inside long work at its checkpoints, so arrivals never wait for an explanation.
 """
 
 from __future__ import annotations
@@ -75,20 +74,23 @@ class _Job:
 
 
 class Batcher:
-    """Owns generation for one model: a queue of arrivals and the batch decoding on the model thread."""
+    """Generation for one model: a queue of arrivals and the batch decoding on the model thread.
 
-    def __init__(self, lm: LoadedModel, *, max_batch_size: int, slice_s: float = 0.25) -> None:
+    The model thread belongs to the model's :class:`~service.serving.scheduler.Scheduler`, which calls
+    :meth:`tick` (admit arrivals, decode one token for every row) whenever :meth:`has_work`; ``wake`` tells
+    it that a request arrived.
+    """
+
+    def __init__(self, lm: LoadedModel, *, max_batch_size: int, wake: Callable[[], None] = lambda: None) -> None:
         self.lm = lm
         self.max_batch_size = max_batch_size
-        self._slice_s = slice_s
+        self._wake = wake
         self._pending: deque[_Job] = deque()  # appended on the loop, popped on the model thread
         self._rows: list[_Job] = []  # model thread only (read on the loop between slices)
         self._kv = KVBatch(lm.device)
         self._capacity = max_batch_size
         self._mergeable: bool | None = None
-        self._closed = False
-        self._wake = asyncio.Event()
-        self._driver: asyncio.Task[None] | None = None
+        self.closed = False
         self._last_logits = "logits_to_keep" in inspect.signature(lm.model.forward).parameters
 
     async def generate(
@@ -104,14 +106,14 @@ class Batcher:
         The output's ``finish_reason`` is ``cancelled`` or ``timeout`` when the deadline stopped it. If the
         awaiting task is cancelled, the row stops at its next token.
         """
-        if self._closed:
+        if self.closed:
             raise ShuttingDown("the server is shutting down")
         loop = asyncio.get_running_loop()
         decoder = SequenceDecoder(self.lm, params, on_token)
         arrived = deadline.started if deadline is not None else time.monotonic()
         job = _Job(prompt_ids, decoder, deadline, loop, loop.create_future(), arrived)
         self._pending.append(job)
-        self._kick()
+        self._wake()
         try:
             output = await job.future
         except asyncio.CancelledError:
@@ -123,25 +125,13 @@ class Batcher:
     def running(self) -> int:
         return len(self._rows)
 
-    def _kick(self) -> None:
-        if self._driver is None or self._driver.done():
-            self._driver = asyncio.create_task(self._drive(), name=f"batcher-{self.lm.name}")
-        self._wake.set()
+    def has_work(self) -> bool:
+        return bool(self._pending or self._rows)
 
-    async def _drive(self) -> None:
-        """Keep slices going while there is work; the model thread does the rest."""
-        while not self._closed:
-            await self._wake.wait()
-            self._wake.clear()
-            while (self._pending or self._rows) and not self._closed:
-                try:
-                    await self.lm.run(self._slice)
-                except Exception as exc:  # a bug or a dead executor: fail everyone, keep the server up
-                    log.exception("batch slice failed for model %s", self.lm.name)
-                    self._fail_all(exc)
-        self._fail_all(ShuttingDown("the server is shutting down"))
-
-    def _fail_all(self, exc: BaseException) -> None:
+    def fail_all(self, exc: BaseException) -> None:
+        """Answer every queued and running request with ``exc`` (shutdown, or a bug) and start clean."""
+        if isinstance(exc, ShuttingDown):
+            self.closed = True
         error = exc if isinstance(exc, GlassboxError) else GlassboxError("internal error; it has been logged")
         for job in [*self._rows, *self._pending]:
             job.resolve(None, error)
@@ -149,26 +139,17 @@ class Batcher:
         self._pending.clear()
         self._kv.keep([])
 
-    async def close(self) -> None:
-        """Stop after the current slice; whatever is left fails with 503 shutting down."""
-        self._closed = True
-        self._wake.set()
-        if self._driver is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._driver
-        self._fail_all(ShuttingDown("the server is shutting down"))
-
     # --- on the model thread ---
 
-    def _slice(self) -> None:
-        until = time.perf_counter() + self._slice_s
-        with torch.inference_mode():
-            while (self._pending or self._rows) and not self._closed:
-                self._admit()
-                if self._rows:
-                    self._step()
-                if time.perf_counter() >= until:
-                    return
+    def tick(self) -> None:
+        """Admit arrivals (prefill), then one decode step for every row. Call under inference mode."""
+        try:
+            self._admit()
+            if self._rows:
+                self._step()
+        except Exception as exc:  # a bug: fail everyone, keep the server up
+            log.exception("batch step failed for model %s", self.lm.name)
+            self.fail_all(exc)
 
     def _admit(self) -> None:
         budget = _PREFILL_TOKENS_PER_STEP

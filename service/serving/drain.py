@@ -20,6 +20,7 @@ class Drain:
         self.timeout_s = timeout_s
         self.inflight = 0
         self.started_at: float | None = None
+        self._warned = False
 
     @property
     def draining(self) -> bool:
@@ -36,6 +37,9 @@ class Drain:
         if self.inflight <= 0:
             return True
         if time.monotonic() - self.started_at >= self.timeout_s:
+            if self._warned:
+                return True
+            self._warned = True
             log.warning("drain timeout of %.0f s passed with %d request(s) in flight", self.timeout_s, self.inflight)
             return True
         return False

@@ -2,39 +2,46 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from service.metrics import INFLIGHT, MODEL_INFO, QUEUE_DEPTH
 from service.models.loaded import LoadedModel
 from service.models.registry import ModelRegistry
 from service.serving.admission import Admission
-from service.serving.batcher import Batcher
 from service.serving.deadline import Deadline
 from service.serving.drain import Drain
+from service.serving.scheduler import Scheduler
 from service.settings import Settings
 
 
 class Serving:
-    """Admission per model, one batcher per model (created on first use), deadlines and the drain state."""
+    """Admission per model, one scheduler per model (created on first use), deadlines and the drain state."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.admission = Admission(settings.max_concurrency, settings.max_queue)
         self.drain = Drain(settings.drain_timeout_s)
-        self._batchers: dict[str, Batcher] = {}
+        self._schedulers: dict[str, Scheduler] = {}
+        self.closing = False
 
     def deadline(self, requested_ms: int | None = None) -> Deadline:
         """A deadline starting now: the server's limit, lowered by the client's if it asked for less."""
         return Deadline.for_request(self.settings.request_timeout_s, requested_ms)
 
-    def batcher(self, lm: LoadedModel) -> Batcher:
-        batcher = self._batchers.get(lm.name)
-        if batcher is None or batcher.lm is not lm:
-            batcher = self._batchers[lm.name] = Batcher(lm, max_batch_size=self.settings.max_batch_size)
-        return batcher
+    def scheduler(self, lm: LoadedModel) -> Scheduler:
+        """The one scheduler of ``lm`` (every piece of its model work goes through it)."""
+        scheduler = self._schedulers.get(lm.name)
+        if scheduler is None or scheduler.lm is not lm:
+            scheduler = self._schedulers[lm.name] = Scheduler(
+                lm, max_batch_size=self.settings.max_batch_size, work_share=self.settings.explain_time_share
+            )
+        return scheduler
 
     async def close(self) -> None:
-        for batcher in self._batchers.values():
-            await batcher.close()
-        self._batchers.clear()
+        """Stop every model's work at its next unit (what is left is answered 503 shutting down)."""
+        self.closing = True
+        await asyncio.gather(*(s.close() for s in self._schedulers.values()))
+        self._schedulers.clear()
 
 
 def publish_model_info(registry: ModelRegistry) -> None:

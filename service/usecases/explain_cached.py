@@ -2,7 +2,8 @@
 
 Explaining an answer that was just generated (`POST /generate` with the same input and sampling fields, and
 default `logprobs`/`top_logprobs`) finds that generation in the cache instead of generating it again; a fresh
-generation made here is stored under the same key, so a later /generate is a hit too.
+generation made here is stored under the same key, so a later /generate is a hit too. Either way it happens
+inside the explanation's one slot, on the prompt it tokenized once.
 """
 
 from __future__ import annotations
@@ -13,15 +14,14 @@ from schemas.explain import ExplainRequest, ExplainResponse
 from schemas.generate import GenerateRequest
 from schemas.inputs import InputFields, SamplingFields
 from service.cache import CacheOutcome, ResponseCache
+from service.engine.continuation import Answer
 from service.engine.prompt import PromptTokens
-from service.explain.plan import Answer
-from service.models.loaded import LoadedModel
 from service.models.registry import ModelRegistry
 from service.serving import Deadline, Serving
 from service.settings import Settings
 from service.usecases import explain as explain_usecase
 from service.usecases.caching import cached, key_for
-from service.usecases.generate import generate_once
+from service.usecases.generate import Admitted, generate_admitted
 
 
 def generate_request_for(req: ExplainRequest) -> GenerateRequest:
@@ -50,32 +50,28 @@ async def explain_cached(
     serving: Serving,
     deadline: Deadline,
     cache_control: str | None,
+    sink: explain_usecase.EventSink | None = None,
 ) -> tuple[dict[str, Any], CacheOutcome]:
     lm = registry.get(req.model)
     forced = req.target is not None  # forced decoding is deterministic whatever the sampling fields say
 
-    def explain_budget(model: LoadedModel, prompt: PromptTokens) -> None:
-        """Refuse an over-budget explanation in the generation's slot, before any token is generated."""
-        explain_usecase.precheck(model, settings, prompt, req, req.max_new_tokens)
-
     async def compute(run_deadline: Deadline) -> ExplainResponse:
-        answer = None
-        if not forced:
+        async def answer_source(prompt: PromptTokens) -> Answer:
             gen_req = generate_request_for(req)
+            job = Admitted(lm, settings, serving, prompt, run_deadline, tokenize_s=0.0, waited_s=0.0)
             body, _ = await cached(
                 cache,
                 key_for("generate", lm, gen_req),
-                lambda gen_deadline: generate_once(
-                    registry, settings, gen_req, serving=serving, deadline=gen_deadline, check=explain_budget
-                ),
+                lambda _deadline: generate_admitted(job, gen_req),
                 deadline=run_deadline,
                 temperature=gen_req.temperature,
                 seed=gen_req.seed,
                 cache_control=cache_control,
             )
-            answer = answer_from_body(body)
+            return answer_from_body(body)
+
         return await explain_usecase.explain(
-            registry, settings, req, serving=serving, deadline=run_deadline, answer=answer
+            registry, settings, req, serving=serving, deadline=run_deadline, answer_source=answer_source, sink=sink
         )
 
     return await cached(

@@ -5,21 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from schemas.common import ModelRef, Token
 from schemas.generate import GenerateRequest, GenerateResponse, Timings, Usage
 from service.engine.generation import GenerationOutput
 from service.engine.prompt import PromptTokens, build_prompt
-from service.errors import ClientClosedRequest, DeadlineExceeded
 from service.models.loaded import LoadedModel
 from service.models.registry import ModelRegistry
 from service.observability.tracing import traced
 from service.serving import Deadline, Serving
 from service.settings import Settings
 from service.usecases import explain as explain_usecase
-from service.usecases.limits import check_limits, check_new_tokens, sampling_params
+from service.usecases.limits import check_limits, check_new_tokens, raise_if_stopped, sampling_params
 from service.usecases.tokens import generated_token, prompt_tokens
 
 
@@ -30,17 +28,6 @@ async def tokenize(lm: LoadedModel, settings: Settings, req: GenerateRequest) ->
         prompt = await asyncio.to_thread(build_prompt, lm.tokenizer, prompt=req.prompt, messages=req.messages)
     check_limits(lm, settings, prompt, req.max_new_tokens)
     return prompt, time.perf_counter() - started
-
-
-def raise_if_stopped(output: GenerationOutput, deadline: Deadline) -> None:
-    """A generation the deadline or the client cut short is an error, not a short answer."""
-    if output.finish_reason == "timeout":
-        raise DeadlineExceeded(
-            f"the request's deadline of {deadline.timeout_s:g} s passed after {len(output.tokens)} generated "
-            "tokens; ask for fewer tokens or a longer X-Request-Timeout-Ms (up to the server's limit)"
-        )
-    if output.finish_reason == "cancelled":
-        raise ClientClosedRequest("the client disconnected")
 
 
 def build_response(
@@ -74,16 +61,13 @@ def build_response(
     )
 
 
-#: An extra check of the tokenized prompt, run in the slot before generating (e.g. an explain budget).
-PromptCheck = Callable[[LoadedModel, PromptTokens], None]
-
-
 @dataclass(frozen=True)
 class Admitted:
     """A request past everything that can refuse it with a status code, holding a slot."""
 
     lm: LoadedModel
     settings: Settings
+    serving: Serving
     prompt: PromptTokens
     deadline: Deadline
     tokenize_s: float
@@ -97,23 +81,26 @@ async def admit(
     serving: Serving,
     deadline: Deadline | None,
     slot: contextlib.AsyncExitStack,
-    check: PromptCheck | None = None,
 ) -> Admitted:
     """Model, token limit, a slot (held until ``slot`` closes), then tokenization and the prompt's limits:
-    the server's, those of the ``explain`` option (costed at the longest answer), and ``check``'s."""
+    the server's and those of the ``explain`` option (costed at the longest answer)."""
     lm = registry.get(req.model)
     check_new_tokens(settings, req.max_new_tokens)
     deadline = deadline or serving.deadline()
     waited = await slot.enter_async_context(serving.admission.slot(lm.name, deadline))
     prompt, tokenize_s = await tokenize(lm, settings, req)
     if req.explain is not None:
-        explain_usecase.precheck(lm, settings, prompt, req.explain, req.max_new_tokens)
-    if check is not None:
-        check(lm, prompt)
-    return Admitted(lm, settings, prompt, deadline, tokenize_s, waited)
+        explain_usecase.precheck(lm, settings, prompt, req.explain, req.max_new_tokens, deadline)
+    return Admitted(lm, settings, serving, prompt, deadline, tokenize_s, waited)
 
 
-async def respond(job: Admitted, req: GenerateRequest, output: GenerationOutput, queue_s: float) -> GenerateResponse:
+async def respond(
+    job: Admitted,
+    req: GenerateRequest,
+    output: GenerationOutput,
+    queue_s: float,
+    sink: explain_usecase.EventSink | None = None,
+) -> GenerateResponse:
     """The response, with the explanation of exactly these tokens when the request asks for one (run in the
     request's slot, on the prompt it already tokenized)."""
     response = build_response(
@@ -121,10 +108,30 @@ async def respond(job: Admitted, req: GenerateRequest, output: GenerationOutput,
     )
     if req.explain is not None:
         answer = explain_usecase.answer_of(output, job.lm.special_ids)
-        response.explanation = await explain_usecase.explain_generation(
-            job.lm, job.settings, job.prompt, answer, req.explain
+        contrast = explain_usecase.contrast_of(job.lm, req.explain, "explain.contrast")
+        response.explanation = await explain_usecase.explain_answer(
+            job.lm,
+            job.settings,
+            job.serving,
+            job.prompt,
+            answer,
+            req.explain,
+            deadline=job.deadline,
+            contrast=contrast,
+            sink=sink,
         )
     return response
+
+
+async def generate_admitted(job: Admitted, req: GenerateRequest) -> GenerateResponse:
+    """A row in the model's batch for an admitted request (and its explanation)."""
+    lm, prompt = job.lm, job.prompt
+    with traced("glassbox.generate", model=lm.name, prompt_tokens=len(prompt)) as span:
+        batcher = job.serving.scheduler(lm).batcher
+        output, queue_s = await batcher.generate(prompt.ids, sampling_params(req), deadline=job.deadline)
+        span.set_attribute("completion_tokens", len(output.tokens))
+    raise_if_stopped(output, job.deadline)
+    return await respond(job, req, output, queue_s)
 
 
 async def generate_once(
@@ -134,15 +141,8 @@ async def generate_once(
     *,
     serving: Serving,
     deadline: Deadline | None = None,
-    check: PromptCheck | None = None,
 ) -> GenerateResponse:
     """Non-streaming /generate: a slot, then tokenize, then a row in the model's batch (and the explanation)."""
     async with contextlib.AsyncExitStack() as slot:
-        job = await admit(registry, settings, req, serving, deadline, slot, check)
-        lm, prompt = job.lm, job.prompt
-        with traced("glassbox.generate", model=lm.name, prompt_tokens=len(prompt)) as span:
-            batcher = serving.batcher(lm)
-            output, queue_s = await batcher.generate(prompt.ids, sampling_params(req), deadline=job.deadline)
-            span.set_attribute("completion_tokens", len(output.tokens))
-        raise_if_stopped(output, job.deadline)
-        return await respond(job, req, output, queue_s)
+        job = await admit(registry, settings, req, serving, deadline, slot)
+        return await generate_admitted(job, req)

@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from schemas.common import ErrorBody, ErrorDetail
+from schemas.explain import ExplainProgressEvent, ExplainRowEvent
 from schemas.generate import GenerateRequest, GenerateResponse, TokenEvent
 from service.engine.generation import GeneratedToken, GenerationOutput
 from service.errors import GlassboxError
@@ -17,17 +18,20 @@ from service.metrics import record_failure
 from service.models.registry import ModelRegistry
 from service.serving import Batcher, Deadline, Serving
 from service.settings import Settings
-from service.usecases.generate import Admitted, admit, raise_if_stopped, respond
-from service.usecases.limits import sampling_params
+from service.usecases.explain import EventSink
+from service.usecases.generate import Admitted, admit, respond
+from service.usecases.limits import raise_if_stopped, sampling_params
+from service.usecases.streams import drain_events
 from service.usecases.tokens import generated_token
 
 log = logging.getLogger(__name__)
 
-StreamItem = TokenEvent | GenerateResponse | ErrorBody
+StreamItem = TokenEvent | ExplainProgressEvent | ExplainRowEvent | GenerateResponse | ErrorBody
 
 
 class GenerationStream:
-    """One streaming generation. ``events`` yields token events, then the response or an error body;
+    """One streaming generation. ``events`` yields token events, then (with ``explain``) the explanation's
+    progress and row events, then the response or an error body;
     ``close`` (idempotent) stops the model at its next token and frees the slot, and must always run."""
 
     def __init__(self, job: Admitted, req: GenerateRequest, batcher: Batcher, slot: contextlib.AsyncExitStack) -> None:
@@ -64,7 +68,9 @@ class GenerationStream:
                 index += 1
             output, queue_s = task.result()
             raise_if_stopped(output, self._deadline)
-            yield await respond(self._job, self._req, output, queue_s)
+            sink = EventSink(loop)
+            async for item in drain_events(sink, respond(self._job, self._req, output, queue_s, sink)):
+                yield item
         except GlassboxError as exc:
             record_failure("/generate", exc.type)
             yield ErrorBody(error=ErrorDetail(message=exc.message, type=exc.type, param=exc.param, code=exc.code))
@@ -100,4 +106,4 @@ async def open_stream(
     except BaseException:
         await slot.aclose()
         raise
-    return GenerationStream(job, req, serving.batcher(job.lm), slot)
+    return GenerationStream(job, req, serving.scheduler(job.lm).batcher, slot)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from schemas.inputs import SamplingFields
+from service.engine.generation import GenerationOutput
 from service.engine.prompt import PromptTokens
 from service.engine.sampling import SamplingParams
-from service.errors import BudgetExceeded, InvalidRequest
+from service.errors import BudgetExceeded, ClientClosedRequest, DeadlineExceeded, InvalidRequest
 from service.models.loaded import LoadedModel
+from service.serving.deadline import Deadline
 from service.settings import Settings
 
 
@@ -46,3 +48,14 @@ def check_limits(lm: LoadedModel, settings: Settings, prompt: PromptTokens, max_
             f"{len(prompt) + max_new_tokens} exceeds the model's context limit of {lm.max_context}",
             param="max_new_tokens",
         )
+
+
+def raise_if_stopped(output: GenerationOutput, deadline: Deadline) -> None:
+    """A generation the deadline or the client cut short is an error, not a short answer."""
+    if output.finish_reason == "timeout":
+        raise DeadlineExceeded(
+            f"the request's deadline of {deadline.timeout_s:g} s passed after {len(output.tokens)} generated "
+            "tokens; ask for fewer tokens or a longer X-Request-Timeout-Ms (up to the server's limit)"
+        )
+    if output.finish_reason == "cancelled":
+        raise ClientClosedRequest("the client disconnected")

@@ -13,6 +13,7 @@ from schemas.explain import METHOD_NAMES, ExplainRequest
 from service.errors import BudgetExceeded, InvalidRequest
 from service.explain import methods
 from service.usecases import explain as usecase
+from tests.support.run import explain as run_explain
 
 CHAT = [{"role": "user", "content": "What is the capital of France? The Eiffel Tower is in Paris."}]
 ALL = list(METHOD_NAMES)
@@ -218,7 +219,7 @@ def test_semantic_errors_are_422_naming_the_field(client, body, param, needle):
 
 def _explain(registry, settings, **body):
     req = ExplainRequest.model_validate({"messages": CHAT, "target": "Paris is the capital of France.", **body})
-    return asyncio.run(usecase.explain(registry, settings, req))
+    return run_explain(registry, settings, req)
 
 
 @pytest.mark.parametrize(
@@ -257,11 +258,14 @@ def test_budget_errors_say_which_limit_and_by_how_much(registry, explain_setting
 
 def test_budget_is_checked_before_generating(registry, explain_settings, monkeypatch):
     calls = []
-    monkeypatch.setattr(usecase, "generate", lambda *a, **k: calls.append(1))
+
+    async def source(prompt):
+        calls.append(prompt)
+
     settings = explain_settings.model_copy(update={"explain_max_targets": 4})
     req = ExplainRequest.model_validate({"messages": CHAT, "max_new_tokens": 8})
     with pytest.raises(BudgetExceeded):
-        asyncio.run(usecase.explain(registry, settings, req))
+        run_explain(registry, settings, req, answer_source=source)
     assert calls == []
 
 
@@ -277,12 +281,14 @@ def test_response_is_json_serialisable_without_nan(registry, explain_settings):
 
 
 def test_an_empty_generation_is_a_422(registry, explain_settings, monkeypatch):
-    from service.engine.generation import GenerationOutput
+    from service.engine.continuation import Answer
 
-    monkeypatch.setattr(usecase, "generate", lambda *a, **k: GenerationOutput([], "", "stop", None, 0.0, 0.0))
+    async def source(prompt):
+        return Answer([], "", [], [])
+
     req = ExplainRequest.model_validate({"messages": CHAT, "max_new_tokens": 4})
     with pytest.raises(InvalidRequest, match="no tokens") as err:
-        asyncio.run(usecase.explain(registry, explain_settings, req))
+        run_explain(registry, explain_settings, req, answer_source=source)
     assert err.value.param == "max_new_tokens"
 
 
@@ -290,16 +296,27 @@ def test_explain_generation_explains_what_generate_returned(registry, explain_se
     """The entry point for /generate's `explain` field: no second generation, the same tokens."""
     from schemas.common import ChatMessage
     from schemas.explain import ExplainOptions
-    from service.engine.generation import generate
     from service.engine.prompt import build_prompt
     from service.engine.sampling import SamplingParams
+    from service.serving import Serving
+    from tests.support.run import generate
 
     prompt = build_prompt(lm.tokenizer, messages=[ChatMessage(role="user", content="What is the capital of France?")])
     options = ExplainOptions(methods=["saliency"])
     usecase.precheck(lm, explain_settings, prompt, options, max_new_tokens=5)
     output = generate(lm, prompt, SamplingParams(max_new_tokens=5))
     answer = usecase.answer_of(output, lm.special_ids)
-    response = asyncio.run(usecase.explain_generation(lm, explain_settings, prompt, answer, options))
+
+    async def go():
+        serving = Serving(explain_settings)
+        try:
+            return await usecase.explain_answer(
+                lm, explain_settings, serving, prompt, answer, options, deadline=serving.deadline()
+            )
+        finally:
+            await serving.close()
+
+    response = asyncio.run(go())
     assert [t.id for t in response.target_tokens] == output.ids
     assert response.text == output.text
     with pytest.raises(BudgetExceeded):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from schemas.explain import AttentionOptions, RolloutOptions
 from service.errors import InvalidRequest
 from service.explain.engine import explain
 from service.explain.methods import attention
+from service.explain.options import AttentionParams, RolloutParams
 from tests.explain.conftest import make_task
 
 
@@ -25,7 +25,7 @@ def _reference_attentions(model, ids) -> np.ndarray:
 
 
 def test_attention_rows_sum_to_one_and_respect_the_causal_mask(model, ids):
-    opts = AttentionOptions(reduce_heads="none", reduce_layers="none")
+    opts = AttentionParams(reduce_heads="none", reduce_layers="none")
     out = explain(model, make_task(ids, {"attention": opts})).outputs["attention"]
     assert out.lead_dims == ("layer", "head")
     assert out.tokens.shape == (3, 4, 5, 14)
@@ -36,7 +36,7 @@ def test_attention_rows_sum_to_one_and_respect_the_causal_mask(model, ids):
 
 
 def test_attention_rows_are_the_predicting_positions_rows(model, ids):
-    opts = AttentionOptions(reduce_heads="none", reduce_layers="none")
+    opts = AttentionParams(reduce_heads="none", reduce_layers="none")
     out = explain(model, make_task(ids, {"attention": opts})).outputs["attention"]
     reference = _reference_attentions(model, ids)
     np.testing.assert_allclose(out.tokens, reference[:, :, 8:13, :], rtol=1e-6, atol=1e-9)
@@ -44,7 +44,7 @@ def test_attention_rows_are_the_predicting_positions_rows(model, ids):
 
 @pytest.mark.parametrize(("heads", "layers"), [("mean", "mean"), ("max", "mean"), ("mean", "max"), ("none", "max")])
 def test_attention_selection_and_reduction(model, ids, heads, layers):
-    opts = AttentionOptions(layers=[-1, 0], heads=[1, 3], reduce_heads=heads, reduce_layers=layers)
+    opts = AttentionParams(layers=[-1, 0], heads=[1, 3], reduce_heads=heads, reduce_layers=layers)
     out = explain(model, make_task(ids, {"attention": opts})).outputs["attention"]
     picked = _reference_attentions(model, ids)[[2, 0]][:, [1, 3]][:, :, 8:13, :]
     reduce = {"mean": np.mean, "max": np.max}
@@ -57,7 +57,7 @@ def test_attention_selection_and_reduction(model, ids, heads, layers):
 
 
 def test_attention_sequence_is_the_mean_of_the_span_rows(model, ids):
-    opts = AttentionOptions()
+    opts = AttentionParams()
     out = explain(model, make_task(ids, {"attention": opts}, span=(11, 14))).outputs["attention"]
     reference = _reference_attentions(model, ids).mean(axis=(0, 1))
     np.testing.assert_allclose(out.sequence, reference[10:13, :11].mean(0), rtol=1e-6, atol=1e-9)
@@ -65,10 +65,10 @@ def test_attention_sequence_is_the_mean_of_the_span_rows(model, ids):
 
 def test_attention_layer_out_of_range_is_refused(model):
     with pytest.raises(InvalidRequest) as err:
-        attention.Attention().validate(model.config, AttentionOptions(layers=[3]))
+        attention.Attention().validate(model.config, AttentionParams(layers=[3]))
     assert err.value.param == "attention.layers"
     with pytest.raises(InvalidRequest):
-        attention.Attention().validate(model.config, AttentionOptions(heads=[0, -4, 0]))
+        attention.Attention().validate(model.config, AttentionParams(heads=[0, -4, 0]))
 
 
 def _rollout_by_hand(att: np.ndarray, residual: float) -> np.ndarray:
@@ -84,7 +84,7 @@ def _rollout_by_hand(att: np.ndarray, residual: float) -> np.ndarray:
 
 @pytest.mark.parametrize("residual", [0.5, 0.0, 0.9])
 def test_rollout_matches_the_formula(model, ids, residual):
-    out = explain(model, make_task(ids, {"attention_rollout": RolloutOptions(residual=residual)})).outputs
+    out = explain(model, make_task(ids, {"attention_rollout": RolloutParams(residual=residual)})).outputs
     expected = _rollout_by_hand(_reference_attentions(model, ids), residual)
     rollout = out["attention_rollout"]
     np.testing.assert_allclose(rollout.tokens, expected[8:13], rtol=1e-5, atol=1e-9)
@@ -104,6 +104,6 @@ def test_attention_comes_from_the_shared_forward(model, ids, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(fw, "run", counting)
-    methods = {"attention": AttentionOptions(), "attention_rollout": RolloutOptions(), "saliency": None}
+    methods = {"attention": AttentionParams(), "attention_rollout": RolloutParams(), "saliency": None}
     explain(model, make_task(ids, methods, scopes=frozenset({"tokens"})))
     assert calls == [True]

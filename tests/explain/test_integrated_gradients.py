@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from schemas.explain import IntegratedGradientsOptions
 from service.explain.engine import explain
+from service.explain.options import IntegratedGradientsParams
 from service.explain.task import Chunks
 from tests.explain import oracle
 from tests.explain.conftest import make_task
 
 
 def _ig(n_steps: int = 8, rule: str = "gausslegendre", baseline: str = "zero") -> dict:
-    return {"integrated_gradients": IntegratedGradientsOptions(n_steps=n_steps, rule=rule, baseline=baseline)}
+    return {"integrated_gradients": IntegratedGradientsParams(n_steps=n_steps, rule=rule, baseline=baseline)}
 
 
 def _baseline(model, ids, kind: str, pad_id: int) -> torch.Tensor:

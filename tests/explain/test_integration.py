@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 import pytest
 
 from schemas.explain import ExplainRequest
-from service.usecases import explain as usecase
 from tests.explain.conftest import StubRegistry
+from tests.support.run import explain as run_explain
 
 GRADIENT_METHODS = ["saliency", "input_x_gradient", "integrated_gradients"]
 
@@ -25,7 +23,7 @@ def test_france_is_a_top_source_of_paris(default_lm, default_settings):
             "integrated_gradients": {"n_steps": 16, "baseline": "pad"},
         }
     )
-    response = asyncio.run(usecase.explain(StubRegistry(default_lm), default_settings, req))
+    response = run_explain(StubRegistry(default_lm), default_settings, req)
     row = next(i for i, t in enumerate(response.target_tokens) if t.text.strip() == "Paris")
     prompt_columns = [c for c, s in enumerate(response.sources) if s.kind == "prompt"]
     for method in GRADIENT_METHODS:

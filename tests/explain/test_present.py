@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from service.explain import present
 from service.explain.units import Unit
+from service.usecases import explain_present as present
 
 
 def _unit(*positions: int) -> Unit:

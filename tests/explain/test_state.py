@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 import torch
 
 from schemas.common import ChatMessage
-from schemas.explain import AttentionOptions, ExplainRequest
-from service.engine.generation import generate
+from schemas.explain import ExplainRequest
 from service.engine.prompt import build_prompt
 from service.engine.sampling import SamplingParams
 from service.explain.engine import explain
 from service.explain.methods import base
-from service.usecases import explain as usecase
+from service.explain.options import AttentionParams
 from tests.explain.conftest import make_task
+from tests.support.run import explain as run_explain
+from tests.support.run import generate
 
 
 def _state(model: torch.nn.Module) -> tuple:
@@ -32,7 +31,7 @@ def _state(model: torch.nn.Module) -> tuple:
 
 def test_explain_leaves_the_model_as_it_found_it(model, ids):
     before = _state(model)
-    methods = {"attention": AttentionOptions(), "saliency": None, "occlusion": None}
+    methods = {"attention": AttentionParams(), "saliency": None, "occlusion": None}
     explain(model, make_task(ids, methods))
     assert _state(model) == before
 
@@ -46,7 +45,7 @@ def test_explain_restores_state_when_a_method_fails(model, ids, monkeypatch):
 
     monkeypatch.setattr(base.get("attention"), "run", boom.__get__(base.get("attention")))
     with pytest.raises(RuntimeError, match="boom"):
-        explain(model, make_task(ids, {"attention": AttentionOptions()}))
+        explain(model, make_task(ids, {"attention": AttentionParams()}))
     assert _state(model) == before
 
 
@@ -69,7 +68,7 @@ def test_generate_after_explain_is_bit_identical(lm, registry, explain_settings)
         methods=["attention", "attention_rollout", "saliency", "input_x_gradient", "integrated_gradients", "occlusion"],
         max_new_tokens=4,
     )
-    asyncio.run(usecase.explain(registry, explain_settings, req))
+    run_explain(registry, explain_settings, req)
     after = generate(lm, prompt, params)
     assert after.ids == before.ids
     assert [t.logprob for t in after.tokens] == [t.logprob for t in before.tokens]

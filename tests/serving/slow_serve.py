@@ -11,6 +11,7 @@ from typing import Any
 
 from service import cli
 from service.models import registry
+from service.models.calibrate import calibrate
 from service.models.loaded import LoadedModel
 from service.settings import Settings
 
@@ -32,7 +33,10 @@ def main() -> None:
     load = registry.load_model
 
     def slow_load(name: str, source: str, settings: Settings) -> LoadedModel:
-        return slow_down(load(name, source, settings), delay)
+        lm = slow_down(load(name, source, settings), delay)
+        if os.environ.get("GLASSBOX_TEST_CALIBRATE_SLOWED", "1") == "1":  # "0": estimates as wrong as can be
+            lm.speed = calibrate(lm.model, lm.device, max_context=lm.max_context)  # the cost model sees the delay
+        return lm
 
     registry.load_model = slow_load  # type: ignore[assignment]
     cli.main()

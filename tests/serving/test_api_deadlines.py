@@ -35,7 +35,7 @@ def test_timeout_header_gives_504_and_the_model_stops(serving_client: Callable[.
         error = assert_error(response, 504, "timeout")
         assert "0.3 s" in error["message"]
         ended = time.monotonic()
-        batcher = client.app.state.serving.batcher(model(client))  # type: ignore[attr-defined]
+        batcher = client.app.state.serving.scheduler(model(client)).batcher  # type: ignore[attr-defined]
         wait_for(lambda: batcher.running == 0, what="the row to leave the batch")
         time.sleep(0.1)
     assert 0 < len(calls) < 100  # it started, and stopped long before 200 tokens

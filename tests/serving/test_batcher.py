@@ -10,14 +10,16 @@ from typing import Any
 import pytest
 import torch
 
-from service.engine.generation import GeneratedToken, GenerationOutput, generate
+from service.engine.generation import GeneratedToken, GenerationOutput
 from service.engine.prompt import build_prompt
 from service.engine.sampling import SamplingParams
 from service.errors import OutOfMemory
 from service.models.loaded import LoadedModel
 from service.serving.batcher import Batcher
 from service.serving.deadline import Deadline
+from service.serving.scheduler import Scheduler
 from tests.serving.conftest import oom_when, patched_forward
+from tests.support.run import generate
 
 PROMPTS = [
     "What is the capital of France?",
@@ -70,7 +72,8 @@ def test_batcher_output_is_the_same_alone_and_inside_a_batch(tiny_lm: LoadedMode
     """Greedy and seeded requests, with stops and alternatives, give identical tokens alone or batched."""
 
     async def scenario() -> tuple[list[GenerationOutput], list[GenerationOutput], list[int]]:
-        batcher = Batcher(tiny_lm, max_batch_size=8)
+        scheduler = Scheduler(tiny_lm, max_batch_size=8)
+        batcher = scheduler.batcher
         alone = [(await batcher.generate(ids(tiny_lm, p), sp))[0] for p, sp in zip(PROMPTS, PARAMS, strict=True)]
         sizes = batch_sizes(batcher)
 
@@ -79,7 +82,7 @@ def test_batcher_output_is_the_same_alone_and_inside_a_batch(tiny_lm: LoadedMode
             return (await batcher.generate(ids(tiny_lm, PROMPTS[i]), PARAMS[i]))[0]
 
         together = await asyncio.gather(*(staggered(i) for i in range(len(PROMPTS))))
-        await batcher.close()
+        await scheduler.close()
         return alone, list(together), sizes
 
     alone, together, sizes = run(scenario)
@@ -92,11 +95,12 @@ def test_batcher_output_is_the_same_alone_and_inside_a_batch(tiny_lm: LoadedMode
 
 def test_batcher_matches_the_single_sequence_decode_loop(tiny_lm: LoadedModel) -> None:
     async def scenario() -> list[GenerationOutput]:
-        batcher = Batcher(tiny_lm, max_batch_size=4)
+        scheduler = Scheduler(tiny_lm, max_batch_size=4)
+        batcher = scheduler.batcher
         outs = await asyncio.gather(
             *(batcher.generate(ids(tiny_lm, p), sp) for p, sp in zip(PROMPTS[:4], PARAMS[:4], strict=True))
         )
-        await batcher.close()
+        await scheduler.close()
         return [out for out, _ in outs]
 
     batched = run(scenario)
@@ -108,11 +112,12 @@ def test_batcher_streams_each_rows_tokens_once_in_order(tiny_lm: LoadedModel) ->
     streamed: dict[int, list[GeneratedToken]] = {i: [] for i in range(3)}
 
     async def scenario() -> list[GenerationOutput]:
-        batcher = Batcher(tiny_lm, max_batch_size=4)
+        scheduler = Scheduler(tiny_lm, max_batch_size=4)
+        batcher = scheduler.batcher
         outs = await asyncio.gather(
             *(batcher.generate(ids(tiny_lm, PROMPTS[i]), PARAMS[i], on_token=streamed[i].append) for i in range(3))
         )
-        await batcher.close()
+        await scheduler.close()
         return [out for out, _ in outs]
 
     for i, out in enumerate(run(scenario)):
@@ -127,9 +132,10 @@ def test_batcher_model_work_runs_on_the_model_thread(tiny_lm: LoadedModel) -> No
         return forward(*args, **kwargs)
 
     async def scenario() -> None:
-        batcher = Batcher(tiny_lm, max_batch_size=4)
+        scheduler = Scheduler(tiny_lm, max_batch_size=4)
+        batcher = scheduler.batcher
         await asyncio.gather(*(batcher.generate(ids(tiny_lm, p), PARAMS[0]) for p in PROMPTS[:3]))
-        await batcher.close()
+        await scheduler.close()
 
     with patched_forward(tiny_lm, record):
         run(scenario)
@@ -138,7 +144,8 @@ def test_batcher_model_work_runs_on_the_model_thread(tiny_lm: LoadedModel) -> No
 
 def test_batcher_cancel_stops_only_that_row_at_its_next_token(tiny_lm: LoadedModel) -> None:
     async def scenario() -> tuple[GenerationOutput, GenerationOutput, int]:
-        batcher = Batcher(tiny_lm, max_batch_size=4)
+        scheduler = Scheduler(tiny_lm, max_batch_size=4)
+        batcher = scheduler.batcher
         deadline = Deadline(60)
         seen: list[GeneratedToken] = []
 
@@ -152,7 +159,7 @@ def test_batcher_cancel_stops_only_that_row_at_its_next_token(tiny_lm: LoadedMod
             batcher.generate(ids(tiny_lm, "Hello"), long, deadline=deadline, on_token=on_token),
             batcher.generate(ids(tiny_lm, "Hello"), SamplingParams(max_new_tokens=40, temperature=1.0, seed=4)),
         )
-        await batcher.close()
+        await scheduler.close()
         return cancelled[0], other[0], len(seen)
 
     cancelled, other, seen = run(scenario)
@@ -166,11 +173,12 @@ def test_batcher_deadline_stops_generation_with_timeout(tiny_lm: LoadedModel) ->
         return forward(*args, **kwargs)
 
     async def scenario() -> GenerationOutput:
-        batcher = Batcher(tiny_lm, max_batch_size=4)
+        scheduler = Scheduler(tiny_lm, max_batch_size=4)
+        batcher = scheduler.batcher
         out, _ = await batcher.generate(
             ids(tiny_lm, "Hello"), SamplingParams(max_new_tokens=200, temperature=1.0, seed=1), deadline=Deadline(0.2)
         )
-        await batcher.close()
+        await scheduler.close()
         return out
 
     with patched_forward(tiny_lm, slow):
@@ -186,11 +194,12 @@ def test_batcher_queued_request_past_its_deadline_costs_no_model_time(tiny_lm: L
         return forward(*args, **kwargs)
 
     async def scenario() -> GenerationOutput:
-        batcher = Batcher(tiny_lm, max_batch_size=4)
+        scheduler = Scheduler(tiny_lm, max_batch_size=4)
+        batcher = scheduler.batcher
         deadline = Deadline(60)
         deadline.cancel()
         out, _ = await batcher.generate(ids(tiny_lm, "Hello"), PARAMS[0], deadline=deadline)
-        await batcher.close()
+        await scheduler.close()
         return out
 
     with patched_forward(tiny_lm, count):
@@ -203,7 +212,8 @@ def test_batcher_oom_in_one_prefill_fails_only_that_request(tiny_lm: LoadedModel
     is_marked = oom_when(lambda kw: kw["input_ids"].shape[-1] > 1 and kw["input_ids"][0].tolist() == marker)
 
     async def scenario() -> list[Any]:
-        batcher = Batcher(tiny_lm, max_batch_size=4)
+        scheduler = Scheduler(tiny_lm, max_batch_size=4)
+        batcher = scheduler.batcher
         results = await asyncio.gather(
             batcher.generate(ids(tiny_lm, "Hello"), PARAMS[0]),
             batcher.generate(marker, PARAMS[0]),
@@ -211,7 +221,7 @@ def test_batcher_oom_in_one_prefill_fails_only_that_request(tiny_lm: LoadedModel
             return_exceptions=True,
         )
         results.append(await batcher.generate(ids(tiny_lm, "Hello"), PARAMS[0]))
-        await batcher.close()
+        await scheduler.close()
         return results
 
     with patched_forward(tiny_lm, is_marked):
@@ -231,10 +241,11 @@ def test_batcher_oom_in_a_decode_step_fails_that_batch_and_recovers(tiny_lm: Loa
         return False
 
     async def scenario() -> tuple[Any, GenerationOutput]:
-        batcher = Batcher(tiny_lm, max_batch_size=4)
+        scheduler = Scheduler(tiny_lm, max_batch_size=4)
+        batcher = scheduler.batcher
         failed = await asyncio.gather(batcher.generate(ids(tiny_lm, "Hello"), PARAMS[0]), return_exceptions=True)
         after, _ = await batcher.generate(ids(tiny_lm, "Hello"), PARAMS[0])
-        await batcher.close()
+        await scheduler.close()
         return failed[0], after
 
     with patched_forward(tiny_lm, oom_when(once)):
@@ -247,10 +258,11 @@ def test_batcher_runs_unbatchable_caches_one_at_a_time(tiny_lm: LoadedModel, mon
     monkeypatch.setattr("service.serving.batcher.is_mergeable", lambda cache: False)
 
     async def scenario() -> tuple[list[GenerationOutput], list[int]]:
-        batcher = Batcher(tiny_lm, max_batch_size=8)
+        scheduler = Scheduler(tiny_lm, max_batch_size=8)
+        batcher = scheduler.batcher
         sizes = batch_sizes(batcher)
         outs = await asyncio.gather(*(batcher.generate(ids(tiny_lm, p), PARAMS[0]) for p in PROMPTS[:3]))
-        await batcher.close()
+        await scheduler.close()
         return [out for out, _ in outs], sizes
 
     outs, sizes = run(scenario)
@@ -261,8 +273,9 @@ def test_batcher_runs_unbatchable_caches_one_at_a_time(tiny_lm: LoadedModel, mon
 
 def test_batcher_close_fails_waiting_requests_with_503(tiny_lm: LoadedModel) -> None:
     async def scenario() -> BaseException | None:
-        batcher = Batcher(tiny_lm, max_batch_size=1)
-        await batcher.close()
+        scheduler = Scheduler(tiny_lm, max_batch_size=1)
+        batcher = scheduler.batcher
+        await scheduler.close()
         try:
             await batcher.generate(ids(tiny_lm, "Hello"), PARAMS[0])
         except Exception as exc:

@@ -11,7 +11,7 @@ from service.engine.generation import GenerationOutput
 from service.engine.prompt import build_prompt
 from service.engine.sampling import SamplingParams
 from service.models.loaded import LoadedModel
-from service.serving.batcher import Batcher
+from service.serving.scheduler import Scheduler
 
 pytestmark = pytest.mark.integration
 
@@ -33,10 +33,11 @@ def test_default_model_outputs_are_the_same_alone_and_batched(default_lm: Loaded
     prompts = [build_prompt(default_lm.tokenizer, messages=[ChatMessage(role="user", content=q)]) for q in QUESTIONS]
 
     async def scenario() -> tuple[list[GenerationOutput], list[GenerationOutput]]:
-        batcher = Batcher(default_lm, max_batch_size=8)
+        scheduler = Scheduler(default_lm, max_batch_size=8)
+        batcher = scheduler.batcher
         alone = [(await batcher.generate(p.ids, sp))[0] for p, sp in zip(prompts, PARAMS, strict=True)]
         together = await asyncio.gather(*(batcher.generate(p.ids, sp) for p, sp in zip(prompts, PARAMS, strict=True)))
-        await batcher.close()
+        await scheduler.close()
         return alone, [out for out, _ in together]
 
     alone, together = asyncio.run(scenario())

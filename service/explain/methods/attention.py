@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 from transformers import PretrainedConfig
 
-from schemas.explain import AttentionOptions
 from service.errors import InvalidRequest
 from service.explain.context import Context
 from service.explain.cost import Cost, ModelDims, Shape
 from service.explain.methods.base import Method, MethodOutput, register
+from service.explain.options import AttentionParams
 
 
-def resolve(indices: list[int] | None, count: int, param: str) -> list[int]:
+def resolve(indices: list[int] | tuple[int, ...] | None, count: int, param: str) -> list[int]:
     if indices is None:
         return list(range(count))
     out = []
@@ -50,12 +51,12 @@ class Attention(AttentionMethod):
     name = "attention"
 
     def validate(self, config: PretrainedConfig, options: Any) -> None:
-        opts: AttentionOptions = options
+        opts: AttentionParams = options
         resolve(opts.layers, int(config.num_hidden_layers), "attention.layers")
         resolve(opts.heads, int(config.num_attention_heads), "attention.heads")
 
     def run(self, ctx: Context, options: Any) -> MethodOutput:
-        opts: AttentionOptions = options
+        opts: AttentionParams = options
         atts = ctx.forward.attentions
         assert atts is not None
         layers = resolve(opts.layers, len(atts), "attention.layers")
@@ -76,5 +77,10 @@ class Attention(AttentionMethod):
             tokens=None if tokens is None else tokens.cpu().numpy(),
             sequence=None if sequence is None else sequence.cpu().numpy(),
             lead_dims=lead,
-            params={**opts.model_dump(), "layers": layers, "heads": heads, "sequence": "mean over the span's rows"},
+            params={
+                **dataclasses.asdict(opts),
+                "layers": layers,
+                "heads": heads,
+                "sequence": "mean over the span's rows",
+            },
         )

@@ -12,6 +12,7 @@ from transformers import PretrainedConfig
 from service.errors import InvalidRequest
 from service.explain.context import Context
 from service.explain.cost import Cost, ModelDims, Shape
+from service.explain.task import Task
 
 
 @dataclass
@@ -35,8 +36,9 @@ class Method(ABC):
     def validate(self, config: PretrainedConfig, options: Any) -> None:  # noqa: B027 (an optional hook)
         """Check options against the model (e.g. layer indices); raise InvalidRequest."""
 
-    def params(self, options: Any) -> dict[str, Any]:
-        return options.model_dump() if options is not None else {}
+    def units(self, task: Task) -> int:
+        """Units of work this method runs itself (beyond the shared forward and gradients), for progress."""
+        return 0
 
     @abstractmethod
     def cost(self, shape: Shape, dims: ModelDims, options: Any) -> Cost:

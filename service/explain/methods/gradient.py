@@ -26,9 +26,6 @@ class _GradientMethod(Method):
     def cost(self, shape: Shape, dims: ModelDims, options: Any) -> Cost:
         return Cost()  # the shared passes are charged once by the planner
 
-    def params(self, options: Any) -> dict[str, Any]:
-        return {"layer": "input embeddings"}
-
 
 @register
 class Saliency(_GradientMethod):

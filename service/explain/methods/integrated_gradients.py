@@ -9,16 +9,19 @@ only the sources before the span, keeping the span itself fixed.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 import numpy as np
 import torch
 
-from schemas.explain import IntegratedGradientsOptions
 from service.explain import forward as fw
 from service.explain.context import Context
 from service.explain.cost import Cost, ModelDims, Shape
 from service.explain.methods.base import Method, MethodOutput, register
+from service.explain.options import IntegratedGradientsParams
+from service.explain.task import Task
 
 
 def quadrature(rule: str, n: int) -> tuple[list[float], list[float]]:
@@ -62,7 +65,7 @@ def _steps(alphas: list[float], weights: list[float], size: int) -> list[tuple[t
     return chunks
 
 
-def tokens_ig(ctx: Context, opts: IntegratedGradientsOptions) -> torch.Tensor:
+def tokens_ig(ctx: Context, opts: IntegratedGradientsParams) -> torch.Tensor:
     """[R, T]: per row, integrated gradients over all scored sources."""
     task = ctx.task
     x = ctx.embeddings
@@ -80,11 +83,12 @@ def tokens_ig(ctx: Context, opts: IntegratedGradientsOptions) -> torch.Tensor:
             vectors = fw.one_hot_rows(chunk, count, leaf.shape[0], weight.to(x.device), scores)
             grads = fw.batched_input_grads(scores, leaf, vectors, keep_graph=chunk.stop < count)
             total[chunk.start : chunk.stop] += (grads.sum(1) * delta).sum(-1).double().cpu()
+            ctx.unit("integrated_gradients")
         del scores, leaf
     return total.float()
 
 
-def sequence_ig(ctx: Context, opts: IntegratedGradientsOptions) -> torch.Tensor:
+def sequence_ig(ctx: Context, opts: IntegratedGradientsParams) -> torch.Tensor:
     """[S]: integrated gradients of the span's function over the sources before it (minus the contrast's)."""
     task = ctx.task
     sources = task.sequence_sources
@@ -110,6 +114,7 @@ def sequence_ig(ctx: Context, opts: IntegratedGradientsOptions) -> torch.Tensor:
             score2 = ctx.contrast_score(leaf2)
             (grad2,) = torch.autograd.grad(score2, leaf2, weight.to(score2))
             total -= (grad2.sum(0)[:sources] * delta2[:sources]).sum(-1).double().cpu()
+        ctx.unit("integrated_gradients")
     return total.float()
 
 
@@ -118,7 +123,7 @@ class IntegratedGradients(Method):
     name = "integrated_gradients"
 
     def cost(self, shape: Shape, dims: ModelDims, options: Any) -> Cost:
-        opts: IntegratedGradientsOptions = options
+        opts: IntegratedGradientsParams = options
         work = 0
         if shape.tokens_scope:
             work += opts.n_steps * shape.seq_len * (1 + shape.rows)
@@ -129,12 +134,18 @@ class IntegratedGradients(Method):
         )
         return Cost(work=work, memory=memory)
 
+    def units(self, task: Task) -> int:
+        opts: IntegratedGradientsParams = task.methods[self.name]
+        step_chunks = math.ceil(opts.n_steps / task.chunks.steps)
+        rows = math.ceil(len(task.rows) / task.chunks.ig_targets) if "tokens" in task.scopes and task.rows else 0
+        return step_chunks * (rows + ("sequence" in task.scopes))
+
     def run(self, ctx: Context, options: Any) -> MethodOutput:
-        opts: IntegratedGradientsOptions = options
+        opts: IntegratedGradientsParams = options
         tokens = tokens_ig(ctx, opts) if "tokens" in ctx.task.scopes and ctx.task.rows else None
         sequence = sequence_ig(ctx, opts) if "sequence" in ctx.task.scopes else None
         return MethodOutput(
             tokens=None if tokens is None else tokens.numpy(),
             sequence=None if sequence is None else sequence.numpy(),
-            params={**opts.model_dump(), "layer": "input embeddings"},
+            params={**dataclasses.asdict(opts), "layer": "input embeddings"},
         )

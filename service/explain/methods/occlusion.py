@@ -7,6 +7,7 @@ Scores are f(input) − f(input without the unit): positive means the unit suppo
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from service.explain.context import Context
 from service.explain.cost import Cost, ModelDims, Shape
 from service.explain.methods.base import Method, MethodOutput, register
 from service.explain.objective import sequence_score, token_scores
+from service.explain.task import Task
 
 
 def _batch(model_device: torch.device, seqs: list[list[int]]) -> torch.Tensor:
@@ -49,6 +51,7 @@ def _occluded(
                 results.append(sequence_score(logits, ids, ctx.task.function))
             else:
                 results.append(token_scores(logits, ids, ctx.task.function, ctx.foils()))
+        ctx.unit("occlusion")
     return torch.cat(results)
 
 
@@ -97,6 +100,13 @@ class Occlusion(Method):
         if shape.sequence_scope:
             work += shape.sequence_units * (shape.seq_len + shape.contrast_seq_len * bool(shape.contrast_len))
         return Cost(work=work, memory=dims.graph_bytes(1, shape.seq_len, shape.answer_len, False) // 4)
+
+    def units(self, task: Task) -> int:
+        per = task.chunks.sequences
+        units = math.ceil(len(task.units) / per) if "tokens" in task.scopes and task.rows else 0
+        if "sequence" in task.scopes:
+            units += math.ceil(len(task.units) / per) * (2 if task.contrast_sequence is not None else 1)
+        return units
 
     def run(self, ctx: Context, options: Any) -> MethodOutput:
         task = ctx.task

@@ -3,14 +3,15 @@ multiplied through the layers, so each row says how much of each input reaches t
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 
-from schemas.explain import RolloutOptions
 from service.explain.context import Context
 from service.explain.methods.attention import AttentionMethod
 from service.explain.methods.base import MethodOutput, register
+from service.explain.options import RolloutParams
 
 
 def rollout(attentions: list[torch.Tensor], residual: float) -> torch.Tensor:
@@ -30,7 +31,7 @@ class AttentionRollout(AttentionMethod):
     name = "attention_rollout"
 
     def run(self, ctx: Context, options: Any) -> MethodOutput:
-        opts: RolloutOptions = options
+        opts: RolloutParams = options
         atts = ctx.forward.attentions
         assert atts is not None
         task = ctx.task
@@ -42,5 +43,5 @@ class AttentionRollout(AttentionMethod):
         return MethodOutput(
             tokens=None if tokens is None else tokens.cpu().numpy(),
             sequence=None if sequence is None else sequence.cpu().numpy(),
-            params={**opts.model_dump(), "heads": "mean", "sequence": "mean over the span's rows"},
+            params={**dataclasses.asdict(opts), "heads": "mean", "sequence": "mean over the span's rows"},
         )

@@ -1,5 +1,6 @@
-"""Request → engine task: positions, rows, span, contrast, units, chunk sizes, and the cost check that
-refuses over-budget work before any model time is spent."""
+"""Request → engine task, once: positions, rows, span, contrast, units, each method's options, chunk sizes
+(bounded by memory and by time per unit), and the cost check that refuses over-budget work (in token
+passes, activation memory and seconds) before any model time is spent."""
 
 from __future__ import annotations
 
@@ -8,46 +9,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from transformers import PretrainedConfig, PreTrainedTokenizerBase
+from transformers import PretrainedConfig
 
 from schemas.explain import ExplainOptions
+from service.engine.continuation import Answer
 from service.engine.prompt import PromptTokens
 from service.errors import BudgetExceeded, InvalidRequest
 from service.explain import cost as costs
 from service.explain import methods as registry
+from service.explain.engine import total_units
 from service.explain.methods.attention import resolve
 from service.explain.methods.gradient import shared_gradient_cost
+from service.explain.options import AttentionParams, IntegratedGradientsParams, RolloutParams
 from service.explain.task import Chunks, Task
 from service.explain.units import SourceToken, Unit, build_units, resolve_segments
+from service.models.calibrate import Speed
 from service.settings import Settings
 
-
-@dataclass(frozen=True)
-class Answer:
-    """The explained continuation (or the contrast): ids with char offsets in its own text."""
-
-    ids: list[int]
-    text: str
-    offsets: list[tuple[int, int]]
-    special: list[bool]
-
-    def token_text(self, i: int) -> str:
-        start, end = self.offsets[i]
-        return self.text[start:end]
-
-
-def tokenize_continuation(tokenizer: PreTrainedTokenizerBase, text: str, param: str) -> Answer:
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = [int(i) for i in enc["input_ids"]]
-    if not ids:
-        raise InvalidRequest(f"`{param}` produced no tokens", param=param)
-    special = set(tokenizer.all_special_ids)
-    return Answer(ids, text, [(int(s), int(e)) for s, e in enc["offset_mapping"]], [i in special for i in ids])
-
-
-def placeholder_answer(length: int) -> Answer:
-    """Worst case for estimates made before generating: one word per token."""
-    return Answer([0] * length, "x " * length, [(2 * i, 2 * i + 1) for i in range(length)], [False] * length)
+#: Aim of one unit of explanation work (the scheduler also checks in at every layer inside it).
+UNIT_SECONDS = 0.25
 
 
 @dataclass
@@ -59,6 +39,56 @@ class Plan:
     span: tuple[int, int]  # answer token indices
     work: int
     values: int
+    estimate_s: float  # seconds the calibrated cost model expects the engine to take
+
+
+def engine_options(options: ExplainOptions, name: str) -> Any:
+    """The engine's own parameters of one method (no wire types below the use case)."""
+    if name == "attention":
+        att = options.attention
+        layers = tuple(att.layers) if att.layers is not None else None
+        heads = tuple(att.heads) if att.heads is not None else None
+        return AttentionParams(layers, heads, att.reduce_heads, att.reduce_layers)
+    if name == "attention_rollout":
+        return RolloutParams(options.attention_rollout.residual)
+    if name == "integrated_gradients":
+        ig = options.integrated_gradients
+        return IntegratedGradientsParams(ig.n_steps, ig.baseline, ig.rule)
+    return None
+
+
+def _time_chunks(chunks: Chunks, shape: costs.Shape, speed: Speed | None) -> Chunks:
+    """Cap chunk sizes so one unit takes about ``UNIT_SECONDS`` on this device (at least one item each)."""
+    if speed is None:
+        return chunks
+    passes = max(UNIT_SECONDS - speed.call_s, UNIT_SECONDS / 4) * speed.passes_per_s  # token passes of a unit
+    seq = max(1, shape.seq_len)
+    targets = max(1, int(passes // seq))
+    steps = max(1, int(passes // (2 * seq)))
+    ig_targets = max(1, int(passes // (steps * seq)))
+    sequences = max(1, int(UNIT_SECONDS * speed.forward_per_s // seq))
+    return Chunks(
+        targets=min(chunks.targets, targets),
+        steps=min(chunks.steps, steps),
+        sequences=min(chunks.sequences, sequences),
+        ig_targets=min(chunks.ig_targets, ig_targets),
+    )
+
+
+def estimate_seconds(work: int, units: int, speed: Speed | None) -> float:
+    """Token passes at the calibrated marginal rate, plus the fixed cost of each unit's passes."""
+    return work / speed.passes_per_s + units * speed.call_s if speed is not None else 0.0
+
+
+def check_seconds(estimate_s: float, limit_s: float, *, what: str, code: str) -> None:
+    """Refuse before running what would exceed the time the request has (estimate and limit in the message)."""
+    if estimate_s > limit_s:
+        raise BudgetExceeded(
+            f"this explanation is estimated at {estimate_s:,.1f} s on this server, over {what} of {limit_s:,.1f} s; "
+            "explain fewer tokens, use fewer steps or methods, coarser units, or a longer deadline",
+            param="methods",
+            code=code,
+        )
 
 
 def _span(options: ExplainOptions, answer_len: int) -> tuple[int, int]:
@@ -128,6 +158,7 @@ def make_plan(
     prompt_token_text: Callable[[int], str],
     pad_id: int | None,
     max_context: int,
+    speed: Speed | None = None,
 ) -> Plan:
     """Validate against the model and the server's limits, estimate the cost, choose chunk sizes."""
     length = len(prompt) + len(answer.ids)
@@ -197,7 +228,7 @@ def make_plan(
             param="granularity" if options.granularity == "segments" else "include_template",
         )
     sequence_units = sum(1 for u in units if max(u.positions) < p + span[0])
-    methods: dict[str, Any] = {name: getattr(options, name, None) for name in options.methods}
+    methods: dict[str, Any] = {name: engine_options(options, name) for name in options.methods}
     for name in options.methods:
         registry.get(name).validate(config, methods[name])
     shape = costs.Shape(
@@ -222,6 +253,7 @@ def make_plan(
         total = total + registry.get(name).cost(shape, dims, methods[name])
     budget = settings.explain_memory_mb * 2**20
     chunks = costs.plan_chunks(shape, dims, budget, eager=eager, ig="integrated_gradients" in options.methods)
+    chunks = _time_chunks(Chunks(*(max(1, size) for size in dataclasses.astuple(chunks))), shape, speed)
     costs.check(total, costs.Limits(settings.explain_max_work, budget))
     values = _values(options, config, len(rows), len(units), sequence_units)
     if values > settings.explain_max_values:
@@ -245,6 +277,9 @@ def make_plan(
         contrast_ids=contrast_ids if "sequence" in options.scope else None,
         pad_id=pad_id,
         methods=methods,
-        chunks=Chunks(*(max(1, size) for size in dataclasses.astuple(chunks))),
+        chunks=chunks,
     )
-    return Plan(task, units, sequence_units, rows, span, total.work, values)
+    estimate_s = estimate_seconds(total.work, total_units(task), speed)
+    limit = "the server's limit (explain_max_seconds)"
+    check_seconds(estimate_s, settings.explain_max_seconds, what=limit, code="explain_max_seconds")
+    return Plan(task, units, sequence_units, rows, span, total.work, values, estimate_s)

@@ -1,0 +1,25 @@
+"""Each method's options as the engine sees them (the use case translates the wire options once)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AttentionParams:
+    layers: tuple[int, ...] | None = None
+    heads: tuple[int, ...] | None = None
+    reduce_heads: str = "mean"
+    reduce_layers: str = "mean"
+
+
+@dataclass(frozen=True)
+class RolloutParams:
+    residual: float = 0.5
+
+
+@dataclass(frozen=True)
+class IntegratedGradientsParams:
+    n_steps: int = 16
+    baseline: str = "zero"
+    rule: str = "gausslegendre"

@@ -1,0 +1,193 @@
+"""Engine result → the /explain response: arrays per unit, the summary, provenance; and streamed rows that
+equal the matching rows of that response."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from schemas.common import ModelRef, Token
+from schemas.explain import (
+    ArrayData,
+    Attributed,
+    ExplainOptions,
+    ExplainResponse,
+    ExplainRowEvent,
+    MethodResult,
+    Provenance,
+    SourceUnit,
+)
+from service.engine.continuation import Answer
+from service.engine.prompt import PromptTokens
+from service.explain import engine, summary
+from service.explain.methods.base import MethodOutput
+from service.explain.objective import DESCRIPTIONS
+from service.models.loaded import LoadedModel
+from service.usecases import explain_present as present
+from service.usecases.explain_plan import Plan
+from service.usecases.tokens import prompt_tokens
+
+
+def encoding_options(options: ExplainOptions) -> dict[str, Any]:
+    return {
+        "normalization": options.normalize,
+        "k": options.row_top_k,
+        "precision": options.precision,
+        "encoding": options.encoding,
+        "dtype": options.binary_dtype,
+    }
+
+
+def row_events(
+    method: str, rows: list[int], values: np.ndarray, over_units: bool, plan: Plan, options: ExplainOptions
+) -> list[ExplainRowEvent]:
+    """Final rows of one method ([*lead, len(rows), positions|units]) as wire events, shaped exactly as the
+    matching rows of the response's ``tokens`` array."""
+    units = plan.units
+    scores = values if over_units else present.aggregate(values, units, options.aggregation)
+    scores = present.causal_mask(scores, units, [plan.task.rows[r] for r in rows])
+    dims = [*_lead_dims(method, plan), "source"]
+    events = []
+    for i, row in enumerate(rows):
+        array: ArrayData = present.encode(scores[..., i, :], dims, **encoding_options(options))
+        events.append(ExplainRowEvent(method=method, row=row, target=plan.rows[row], scores=array))
+    return events
+
+
+def _lead_dims(method: str, plan: Plan) -> list[str]:
+    opts = plan.task.methods.get(method)
+    if method != "attention" or opts is None:
+        return []
+    return (["layer"] if opts.reduce_layers == "none" else []) + (["head"] if opts.reduce_heads == "none" else [])
+
+
+def _unit_arrays(out: MethodOutput, plan: Plan, aggregation: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Method output → [..., rows, units] and [..., sequence units], causal mask applied."""
+    units = plan.units
+    seq_units = units[: plan.sequence_units]
+    tokens = sequence = None
+    if out.tokens is not None:
+        tokens = out.tokens if out.over_units else present.aggregate(out.tokens, units, aggregation)
+        tokens = present.causal_mask(tokens, units, plan.task.rows)
+    if out.sequence is not None:
+        sequence = (
+            out.sequence[..., : len(seq_units)]
+            if out.over_units
+            else present.aggregate(out.sequence, seq_units, aggregation)
+        )
+    return tokens, sequence
+
+
+def build_response(
+    lm: LoadedModel,
+    prompt: PromptTokens,
+    answer: Answer,
+    contrast: Answer | None,
+    options: ExplainOptions,
+    plan: Plan,
+    result: engine.EngineResult,
+) -> ExplainResponse:
+    encode = encoding_options(options)
+    methods: dict[str, MethodResult] = {}
+    summary_vectors: dict[str, np.ndarray] = {}
+    for name, out in result.outputs.items():
+        tokens, sequence = _unit_arrays(out, plan, options.aggregation)
+        lead = list(out.lead_dims)
+        methods[name] = MethodResult(
+            tokens=None if tokens is None else present.encode(tokens, [*lead, "target", "source"], **encode),
+            sequence=None if sequence is None else present.encode(sequence, [*lead, "source"], **encode),
+            params=out.params,
+            time_ms=round(result.timings.get(name, 0.0) * 1000, 2),
+        )
+        if not lead:
+            if sequence is not None:
+                summary_vectors[name] = sequence
+            elif tokens is not None:
+                summary_vectors[name] = np.abs(tokens).sum(0)[: plan.sequence_units]
+    texts = {"prompt": prompt.text, "answer": answer.text}
+    chosen = next((m for m in summary.PREFERENCE if m in summary_vectors), None)
+    what = "The answer" if plan.span == (0, len(answer.ids)) else "This part of the answer"
+    text = (
+        summary.summarize(
+            chosen,
+            summary_vectors[chosen],
+            plan.units[: plan.sequence_units],
+            texts=texts,
+            chat=prompt.is_chat,
+            what=what,
+        )
+        if chosen is not None
+        else "No single-vector method ran; see the arrays."
+    )
+    target_tokens = [
+        Token(
+            id=answer.ids[j],
+            text=answer.token_text(j),
+            offset=answer.offsets[j][0],
+            special=answer.special[j],
+            logprob=result.answer_logprobs[j],
+        )
+        for j in range(len(answer.ids))
+    ]
+    contrast_tokens = None
+    if contrast is not None:
+        contrast_tokens = [
+            Token(id=contrast.ids[j], text=contrast.token_text(j), offset=contrast.offsets[j][0])
+            for j in range(len(contrast.ids))
+        ]
+        if result.foil_logprobs is not None:
+            for token, lp in zip(contrast_tokens, result.foil_logprobs, strict=False):
+                token.logprob = lp
+    description = DESCRIPTIONS[options.function]
+    if contrast is not None:
+        description = f"difference: {description}, minus the same for the contrast"
+    return ExplainResponse(
+        text=answer.text,
+        prompt_text=prompt.text,
+        prompt_tokens=prompt_tokens(lm, prompt),
+        target_tokens=target_tokens,
+        rows=plan.rows,
+        span=list(plan.span),
+        sources=[
+            SourceUnit(
+                text=u.text,
+                kind=u.kind,  # type: ignore[arg-type]
+                start=u.start,
+                end=u.end,
+                tokens=list(u.indices),
+                message_index=u.message_index,
+                role=u.role,
+                label=u.label,
+            )
+            for u in plan.units
+        ],
+        sequence_sources=plan.sequence_units,
+        granularity=options.granularity,
+        aggregation=options.aggregation,
+        attributed=Attributed(
+            function=options.function,
+            description=description,
+            contrast=contrast.text if contrast is not None else None,
+            contrast_tokens=contrast_tokens,
+        ),
+        methods=methods,
+        summary=text,
+        provenance=Provenance(
+            model=ModelRef(id=lm.name, revision=lm.revision),
+            dtype=str(lm.dtype).removeprefix("torch."),
+            device=str(lm.device),
+            methods={name: out.params for name, out in result.outputs.items()},
+            chunks={
+                "targets_per_backward": plan.task.chunks.targets,
+                "steps_per_forward": plan.task.chunks.steps,
+                "sequences_per_forward": plan.task.chunks.sequences,
+                "ig_targets_per_backward": plan.task.chunks.ig_targets,
+            },
+            estimated_work=plan.work,
+            estimated_s=round(plan.estimate_s, 3),
+            engine_s=round(result.timings.get("total", 0.0), 3),
+            units=result.units,
+            timings_ms={},
+        ),
+    )
