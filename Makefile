@@ -49,13 +49,13 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 bench-explain: $(STAMP)
-	$(BIN)/python bench/bench_explain.py
+	PYTHONPATH=. $(BIN)/python bench/bench_explain.py
 
 bench-cache: $(STAMP)
-	$(BIN)/python bench/bench_cache.py
+	PYTHONPATH=. $(BIN)/python bench/bench_cache.py
 
 bench-serve: $(STAMP)
-	$(BIN)/python bench/bench_serve.py
+	PYTHONPATH=. $(BIN)/python bench/bench_serve.py
 
 # Locust scenarios on loopback (steady, overload, hot cache, Redis stopped); LOADTEST_ARGS=--short for CI.
 loadtest: $(STAMP)

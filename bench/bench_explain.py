@@ -16,7 +16,6 @@ Same weights and dtype on both sides of every comparison.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import sys
 import time
@@ -28,15 +27,15 @@ import torch
 
 from schemas.common import ChatMessage
 from schemas.explain import ExplainOptions, ExplainResponse
-from service.engine.generation import generate
+from service.engine.continuation import Answer
 from service.engine.prompt import PromptTokens, build_prompt
 from service.engine.sampling import SamplingParams
-from service.explain.plan import Answer
 from service.explain.state import attention_capture, eager_attention, input_gradients
 from service.models.loaded import LoadedModel
 from service.models.loader import load_model
 from service.settings import Settings
-from service.usecases.explain import answer_of, explain_answer
+from service.usecases.explain import answer_of
+from tests.support.run import explain_answer, generate
 
 SYSTEM = (
     "You are a careful assistant for a travel magazine. Answer in plain sentences, cite the facts you are "
@@ -71,7 +70,7 @@ def glassbox(
         {"include_template": True, "include_special": True, "precision": None, **options}
     )
     started = time.perf_counter()
-    response = asyncio.run(explain_answer(lm, settings, prompt, answer, opts))
+    response = explain_answer(lm, settings, prompt, answer, opts)
     sync(lm.device)
     return response, time.perf_counter() - started
 

@@ -20,11 +20,11 @@ import httpx
 import torch
 
 from schemas.common import ChatMessage
-from service.engine.generation import generate
 from service.engine.prompt import build_prompt
 from service.engine.sampling import SamplingParams
 from service.models.loader import load_model
 from service.settings import Settings
+from tests.support.run import generate
 
 PROMPT = [ChatMessage(role="user", content="Write a short story about a lighthouse keeper and a storm.")]
 

@@ -47,3 +47,20 @@ def explain(registry: Any, settings: Settings, req: ExplainRequest, **kwargs: An
             await serving.close()
 
     return asyncio.run(go())
+
+
+def explain_answer(
+    lm: LoadedModel, settings: Settings, prompt: PromptTokens, answer: Any, options: Any
+) -> ExplainResponse:
+    """The engine path of /explain for a given answer, on a serving stack of its own (closed afterwards)."""
+
+    async def go() -> ExplainResponse:
+        serving = Serving(settings)
+        try:
+            return await usecase.explain_answer(
+                lm, settings, serving, prompt, answer, options, deadline=serving.deadline()
+            )
+        finally:
+            await serving.close()
+
+    return asyncio.run(go())
