@@ -71,7 +71,7 @@ class Explanation(ExplainResponse):
         ``sequence`` scope, the ``tokens`` matrix summed over its rows."""
         array = self.method(method).sequence
         if array is None:
-            return self.matrix(method).sum(0)
+            return np.asarray(self.matrix(method).sum(0))
         values = array.to_numpy()
         return np.asarray(values.reshape(-1, values.shape[-1]).mean(0) if values.ndim > 1 else values)
 
