@@ -24,7 +24,9 @@ def test_client_imports_without_the_model_stack() -> None:
 
 
 def test_cli_client_commands_import_without_the_model_stack() -> None:
-    code = "import service.cli as c; p = c._parser(); p.parse_args(['explain', 'q']); p.parse_args(['explain-batch', 'x'])"
+    code = (
+        "import service.cli as c; p = c._parser(); p.parse_args(['explain', 'q']); p.parse_args(['explain-batch', 'x'])"
+    )
     modules = _imported(code)
     assert not [m for m in modules if m.split(".")[0] in HEAVY]
 
