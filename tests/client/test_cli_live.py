@@ -140,10 +140,11 @@ def test_cli_explain_batch_records_errors_and_resumes_without_redoing_rows(serve
     [bad] = [r for r in rows if not r["ok"]]
     assert bad["id"] == "bad" and bad["error"]["param"] == "messages" and bad["error"]["message"]
     assert all(r["ok"] and r["response"]["methods"]["input_x_gradient"]["sequence"] for r in rows if r["id"] != "bad")
-    # Only rows not already in the output were sent again: at most the two in flight when it stopped.
+    # Each of the 19 good rows was explained once; the only repeats are rows in flight when the first run
+    # stopped (at most --concurrency), which the server finished and cached: the second run's cache hits.
     sent_total = requests_count(server, "/explain") - before
-    assert sent_total - sent_first == second["explained"]
-    assert sent_total <= 19 + 2 and second["cache_hits"] <= 2
+    assert second["cache_hits"] <= 2 and sent_total == 19 + second["cache_hits"]
+    assert sent_first <= len(written) + 2
 
     third = json.loads(glassbox(*command, url=server).stdout.strip().splitlines()[-1])
     assert third["already_done"] == 20 and third["explained"] == third["failed"] == 0
