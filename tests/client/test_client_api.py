@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -18,6 +19,7 @@ from fastapi.testclient import TestClient
 from schemas.generate import TokenEvent
 from service.api.app import create_app
 from service.client import APIError, AsyncClient, Client, DeadlineExceeded, Explanation, Generation, Unreachable
+from service.client.figure import write_png
 from service.models import registry as registry_module
 from service.settings import Settings
 from tests.conftest import wait_ready
@@ -87,6 +89,16 @@ def test_client_html_and_dataframe(client: Client, monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(__import__("sys").modules, "pandas", None)
     with pytest.raises(ImportError, match="pip install pandas"):
         ex.to_dataframe()
+
+
+def test_client_figures_svg_and_png(client: Client, tmp_path: Any) -> None:
+    ex = client.explain(messages=CHAT, target=TARGET)
+    root = ET.fromstring(ex.to_svg())
+    ns = {"s": "http://www.w3.org/2000/svg"}
+    assert len(root.findall(".//s:g[@class='y-axis']/s:text", ns)) == len(ex.rows)
+    assert len(root.findall(".//s:g[@class='x-axis']/s:text", ns)) == len(ex.sources)
+    write_png(ex, tmp_path / "h.png")
+    assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_client_stream_generate_tokens_then_the_response(client: Client) -> None:
