@@ -75,3 +75,17 @@ def test_job_pods_meet_the_restricted_pod_security_standard(objects: list[dict[s
     assert sc["readOnlyRootFilesystem"] is True and not sc.get("privileged")
     resources = _container(objects)["resources"]
     assert resources["limits"]["memory"] and resources["requests"]["cpu"]
+
+
+def test_job_network_policy_lets_the_pods_reach_the_server_port_only(objects: list[dict[str, Any]]) -> None:
+    labels = one(objects, "Job", JOB)["spec"]["template"]["metadata"]["labels"]
+    [policy] = [
+        p for p in find(objects, "NetworkPolicy") if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    ]
+    assert not policy["spec"].get("ingress") and "Ingress" in policy["spec"]["policyTypes"]
+    server = render("cpu")
+    server_pod = one(server, "Deployment", SERVER)["spec"]["template"]
+    port = server_pod["spec"]["containers"][0]["ports"][0]["containerPort"]
+    to_server = [r for r in policy["spec"]["egress"] if r.get("to")]
+    assert [r["ports"][0]["port"] for r in to_server] == [port]
+    assert to_server[0]["to"][0]["podSelector"]["matchLabels"].items() <= server_pod["metadata"]["labels"].items()
