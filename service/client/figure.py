@@ -36,7 +36,8 @@ def heatmap_svg(ex: Explanation, method: str | None = None) -> str:
     left = 20 + _CHAR * max((len(t) for t in targets), default=1)
     top = 40
     bottom = 30 + _CHAR * max((len(s) for s in sources), default=1)
-    width = left + _CELL * len(sources) + 20
+    legend = f"source → (red raises, blue lowers; full colour = {scale:.3g})"
+    width = max(left + _CELL * len(sources) + 20, left + 8 * len(legend), 8 * len(name) + left + 60)
     height = top + _CELL * len(targets) + bottom
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -67,10 +68,7 @@ def heatmap_svg(ex: Explanation, method: str | None = None) -> str:
         )
     parts.append("</g>")
     parts.append(f'<text class="axis-label" x="4" y="{top - 6}" font-size="12">target ↓</text>')
-    parts.append(
-        f'<text class="axis-label" x="{left}" y="{height - 6}" font-size="12">source → '
-        f"(red raises, blue lowers; full colour = {scale:.3g})</text>"
-    )
+    parts.append(f'<text class="axis-label" x="{left}" y="{height - 6}" font-size="12">{escape(legend)}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 
