@@ -141,9 +141,10 @@ def test_cli_explain_batch_records_errors_and_resumes_without_redoing_rows(serve
     assert bad["id"] == "bad" and bad["error"]["param"] == "messages" and bad["error"]["message"]
     assert all(r["ok"] and r["response"]["methods"]["input_x_gradient"]["sequence"] for r in rows if r["id"] != "bad")
     # Each of the 19 good rows was explained once; the only repeats are rows in flight when the first run
-    # stopped (at most --concurrency), which the server finished and cached: the second run's cache hits.
+    # stopped (at most --concurrency = 2), which the server finished (then a cache hit, or joined in flight).
     sent_total = requests_count(server, "/explain") - before
-    assert second["cache_hits"] <= 2 and sent_total == 19 + second["cache_hits"]
+    repeats = sent_total - 19
+    assert 0 <= repeats <= 2 and second["cache_hits"] <= repeats, (sent_first, sent_total, second, len(written))
     assert sent_first <= len(written) + 2
 
     third = json.loads(glassbox(*command, url=server).stdout.strip().splitlines()[-1])
