@@ -9,6 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 from openai import OpenAI
 
+from tests.serving.conftest import serving_client
+
+__all__ = ["serving_client"]
+
 
 def openai_client(client: TestClient, **kwargs: Any) -> OpenAI:
     """Strict validation: a response that does not match the client's own types fails the test."""
