@@ -13,7 +13,12 @@ pytestmark = pytest.mark.integration
 def test_france_question_answers_paris(default_client: TestClient) -> None:
     oai = openai_client(default_client)
     result = oai.chat.completions.create(
-        model=oai.models.list().data[0].id, messages=CHAT, max_tokens=16, temperature=0, logprobs=True, top_logprobs=3  # type: ignore[arg-type]
+        model=oai.models.list().data[0].id,
+        messages=CHAT,
+        max_tokens=16,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,  # type: ignore[arg-type]
     )
     assert "Paris" in (result.choices[0].message.content or "")
     tokens = result.choices[0].logprobs.content  # type: ignore[union-attr]

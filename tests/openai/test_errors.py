@@ -12,7 +12,6 @@ import openai
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from openai import OpenAI
 from openai.types.chat import ChatCompletion
 from prometheus_client import REGISTRY
 

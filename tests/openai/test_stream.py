@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 
-from fastapi.testclient import TestClient
 import pytest
+from fastapi.testclient import TestClient
 from openai import LengthFinishReasonError, OpenAI
 
 from schemas.explain import ArrayData, ExplainProgressEvent, ExplainRowEvent
 from schemas.openai import ChatCompletionRequest
-from service.usecases.openai_stream import Comment, ChatStream
+from service.usecases.openai_compat import Context
+from service.usecases.openai_stream import ChatStream, Comment
 from tests.openai.conftest import CHAT
 
 GREEDY = {"model": "tiny", "messages": CHAT, "max_tokens": 6, "temperature": 0}
@@ -29,12 +30,17 @@ def test_stream_without_usage_matches_the_non_streamed_answer(oai: OpenAI) -> No
 def test_stream_with_usage_ends_with_an_empty_choices_chunk(oai: OpenAI) -> None:
     chunks = list(
         oai.chat.completions.create(
-            **GREEDY, stream=True, stream_options={"include_usage": True}, logprobs=True, top_logprobs=2  # type: ignore[call-overload]
+            **GREEDY,
+            stream=True,
+            stream_options={"include_usage": True},
+            logprobs=True,
+            top_logprobs=2,  # type: ignore[call-overload]
         )
     )
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 6
-    streamed = [t for c in chunks[:-1] if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content or []]
+    logprobs = [c.choices[0].logprobs for c in chunks[:-1] if c.choices and c.choices[0].logprobs]
+    streamed = [t for lp in logprobs for t in lp.content or []]
     assert len(streamed) == 6 and all(len(t.top_logprobs) == 2 and t.bytes for t in streamed)
 
 
@@ -61,7 +67,9 @@ def test_stream_helper_reports_a_length_cut_as_the_client_defines(oai: OpenAI) -
 def test_streamed_explanation_arrives_in_the_final_chunk(oai: OpenAI) -> None:
     chunks = list(
         oai.chat.completions.create(
-            **GREEDY, stream=True, extra_body={"explain": {"methods": ["attention"]}}  # type: ignore[call-overload]
+            **GREEDY,
+            stream=True,
+            extra_body={"explain": {"methods": ["attention"]}},  # type: ignore[call-overload]
         )
     )
     final = chunks[-1].choices[0]
@@ -74,7 +82,9 @@ def test_streamed_explanation_arrives_in_the_final_chunk(oai: OpenAI) -> None:
 def test_n_streams_interleave_and_each_finishes(oai: OpenAI) -> None:
     chunks = list(
         oai.chat.completions.create(
-            **{**GREEDY, "temperature": 1.0, "seed": 3}, n=2, stream=True  # type: ignore[call-overload]
+            **{**GREEDY, "temperature": 1.0, "seed": 3},
+            n=2,
+            stream=True,  # type: ignore[call-overload]
         )
     )
     texts = {0: "", 1: ""}
@@ -102,10 +112,8 @@ def test_wire_format_has_no_event_names_and_no_empty_data(app_client: TestClient
 
 
 def _stream(app_client: TestClient) -> ChatStream:
-    from service.usecases.openai_compat import Context
-
-    app = app_client.app
-    ctx = Context(app.state.registry, app.state.settings, app.state.cache, app.state.serving, app.state.serving.deadline(), None)  # type: ignore[attr-defined]
+    state = app_client.app.state  # type: ignore[attr-defined]
+    ctx = Context(state.registry, state.settings, state.cache, state.serving, state.serving.deadline(), None)
     return ChatStream(ctx, ChatCompletionRequest.model_validate(GREEDY), [])
 
 
