@@ -49,6 +49,15 @@ async function readSSE(response, on) {
 
 /** POST; a streamed answer (text/event-stream) is read event by event, a JSON one returned as it is. */
 async function post(path, body, onEvent) {
+  busy(+1);
+  try { return await postNow(path, body, onEvent); } finally { busy(-1); }
+}
+
+/** Requests in flight, on <body data-busy> (tests and styles wait on it). */
+let inFlight = 0;
+function busy(delta) { inFlight += delta; document.body.dataset.busy = String(inFlight); }
+
+async function postNow(path, body, onEvent) {
   const response = await fetch(new URL(path, API), { method: "POST", headers: headers(), body: JSON.stringify(body) });
   if (!response.ok) throw await failure(response);
   if (!(response.headers.get("content-type") || "").includes("text/event-stream")) return response.json();
@@ -66,6 +75,7 @@ async function post(path, body, onEvent) {
 function status(text, error = false) { $("status").textContent = text; $("status").classList.toggle("error", error); }
 
 async function loadModels() {
+  busy(+1);
   try {
     const response = await fetch(new URL("models", API), { headers: headers() });
     if (!response.ok) throw await failure(response);
@@ -73,7 +83,7 @@ async function loadModels() {
     const select = $("model");
     select.innerHTML = state.models.map((m) => `<option value="${m.id}"${m.default ? " selected" : ""}>${m.id}${m.ready ? "" : " (loading)"}</option>`).join("");
     status(state.models.length ? "Ready." : "No model is loaded yet.");
-  } catch (e) { status(`Models: ${e.message}`, true); }
+  } catch (e) { status(`Models: ${e.message}`, true); } finally { busy(-1); }
 }
 
 // ---- documents ----
@@ -162,6 +172,7 @@ $("chat-form").addEventListener("submit", async (e) => {
   live.innerHTML = "";
   $("send").disabled = true;
   status("Generating…");
+  busy(+1);
   try {
     const gen = await post("generate", {
       model: $("model").value || undefined, messages: conversation(), stream: true, logprobs: true, top_logprobs: 5,
@@ -181,7 +192,7 @@ $("chat-form").addEventListener("submit", async (e) => {
     await explain();
   } catch (err) {
     status(err.message, true);
-  } finally { $("send").disabled = false; }
+  } finally { $("send").disabled = false; busy(-1); }
 });
 
 function tokenTitle(t) {
@@ -218,6 +229,11 @@ function onProgress(event, data) {
 
 async function explain() {
   if (!state.answer) return;
+  busy(+1);
+  try { await explainNow(); } finally { busy(-1); }
+}
+
+async function explainNow() {
   const selection = view.selection;
   const alt = $("contrast").value.trim();
   const extra = {};
@@ -311,6 +327,11 @@ function attentionLayers() {
 }
 
 async function showAttention() {
+  busy(+1);
+  try { await showAttentionNow(); } finally { busy(-1); }
+}
+
+async function showAttentionNow() {
   view.view = "attention";
   $("attn-controls").hidden = false;
   if (!state.answer) return;
@@ -359,4 +380,5 @@ $("dl-json").addEventListener("click", () => view.response && download("explanat
 $("dl-svg").addEventListener("click", () => view.response && download("explanation.svg", new Blob([view.toSVG()], { type: "image/svg+xml" })));
 $("dl-png").addEventListener("click", async () => view.response && download("explanation.png", await view.toPNG()));
 
+document.body.dataset.busy = "0";
 loadModels();
