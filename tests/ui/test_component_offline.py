@@ -192,7 +192,9 @@ def test_keyboard_moves_between_answer_tokens_and_enter_selects(harness: Page) -
     assert harness.locator("glassbox-explanation .tok.sel").text_content() == " Paris"
     harness.keyboard.press("Escape")
     assert harness.locator("glassbox-explanation .tok.sel").count() == 0
-    labels = harness.eval_on_selector_all("glassbox-explanation .src", "els => els.map(e => e.getAttribute('aria-label'))")
+    labels = harness.eval_on_selector_all(
+        "glassbox-explanation .src", "els => els.map(e => e.getAttribute('aria-label'))"
+    )
     assert all("score" in label for label in labels)
 
 

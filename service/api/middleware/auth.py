@@ -32,7 +32,7 @@ def _bearer(scope: Scope) -> str | None:
 
 
 class ApiKeyAuth:
-    """401 for every route outside ``PUBLIC_PATHS`` without a valid key (installed only when keys exist); /ui is public."""
+    """401 for every route but the ``is_public`` ones without a valid key (installed only when keys exist)."""
 
     def __init__(self, app: ASGIApp, digests: frozenset[bytes]) -> None:
         self.app = app
