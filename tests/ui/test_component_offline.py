@@ -284,3 +284,14 @@ def response_row(response: dict[str, Any], row: int) -> np.ndarray:
     tokens = response["methods"]["input_x_gradient"]["tokens"]
     values = np.frombuffer(base64.b64decode(tokens["data"]), dtype="<f4").reshape(tokens["shape"])
     return values[row]
+
+
+def test_a_faithfulness_field_shows_a_badge_and_timings_show(harness: Page) -> None:
+    response = saved()
+    harness.evaluate("r => show(r, {method: 'input_x_gradient'})", response)
+    assert harness.locator("glassbox-explanation [data-faithfulness]").count() == 0
+    assert " s" in (harness.locator("glassbox-explanation .meta").text_content() or "")  # provenance timings
+    response["faithfulness"] = {"deletion_auc": 0.42}
+    harness.evaluate("r => show(r, {method: 'input_x_gradient'})", response)
+    badge = harness.locator("glassbox-explanation [data-faithfulness]").text_content() or ""
+    assert "deletion_auc 0.42" in badge
