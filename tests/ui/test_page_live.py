@@ -10,6 +10,8 @@ The 135M default model's attributions are what they are, and the tests pick the 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import subprocess
 import sys
@@ -30,16 +32,16 @@ NILE = "The Nile is a long river in Africa."
 PARIS = "Paris is the capital of France."
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`glassbox serve` (uvicorn) on a free loopback port with the default model."""
+@contextlib.contextmanager
+def serve(tmp: Path, **env: str) -> Iterator[str]:
+    """`glassbox serve` (uvicorn) on a free loopback port with the default model, stopped on exit."""
     port = free_port()
-    log = tmp_path_factory.mktemp("ui-server") / "server.log"
-    env = {**os.environ, "GLASSBOX_HOST": "127.0.0.1", "GLASSBOX_PORT": str(port), "GLASSBOX_DEVICE": "cpu"}
-    env |= {"GLASSBOX_CACHE_ENABLED": "false", "GLASSBOX_LOG_FORMAT": "text"}
+    log = tmp / f"server-{port}.log"
+    environ = {**os.environ, "GLASSBOX_HOST": "127.0.0.1", "GLASSBOX_PORT": str(port), "GLASSBOX_DEVICE": "cpu"}
+    environ |= {"GLASSBOX_CACHE_ENABLED": "false", "GLASSBOX_LOG_FORMAT": "text", **env}
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve"], cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "service", "serve"], cwd=REPO, env=environ, stdout=sink, stderr=subprocess.STDOUT
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -54,6 +56,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with serve(tmp_path_factory.mktemp("ui-server")) as url:
+        yield url
 
 
 def idle(page: Page) -> None:
@@ -201,3 +209,24 @@ def test_the_page_is_readable_at_320_px_wide(narrow: Page, server: str, recorder
     assert overflow <= 0
     narrow.screenshot(path=str(tmp_path / "6-320px.png"), full_page=True)
     assert recorder.problems == []
+
+
+def test_the_page_works_with_api_keys_on(page: Page, recorder: Recorder, tmp_path: Path) -> None:
+    """The page loads without a key; the API answers 401 until the key is typed, then every call carries it."""
+    key = "ui-live-key"
+    with serve(tmp_path, GLASSBOX_API_KEYS=hashlib.sha256(key.encode()).hexdigest()) as url:
+        page.goto(f"{url}/ui")
+        page.wait_for_function("document.body.dataset.busy === '0'", timeout=60_000)
+        assert "API key" in (page.text_content("#status") or "")  # /models said 401
+        assert [p for p in recorder.problems if "401" not in p] == []
+        recorder.problems.clear()
+        page.fill("#key", key)
+        page.dispatch_event("#key", "change")
+        idle(page)
+        assert page.eval_on_selector_all("#model option", "os => os.length") >= 1
+        assert page.evaluate("() => sessionStorage.getItem('glassbox-key')") == key
+        page.uncheck("#stream-explain")
+        page.fill("#max-tokens", "8")
+        ask(page, QUESTION)
+        assert page.locator("glassbox-explanation .tok").count() >= 1
+        assert recorder.problems == []
