@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.glassbox-installed
 TORCH_INDEX_ARGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: setup serve test pytest test-fast lint format bench-explain bench-cache bench-serve loadtest check-deploy clean
+.PHONY: setup browser serve test pytest test-fast lint format bench-explain bench-cache bench-serve loadtest check-deploy clean
 
 setup: $(STAMP)
 
@@ -33,10 +33,14 @@ test: lint pytest
 	$(MAKE) loadtest LOADTEST_ARGS=--short
 	$(MAKE) check-deploy
 
-pytest: $(STAMP)
+# The /ui browser tests drive Debian's chromium: installed once (apt-get, as root) if missing.
+browser:
+	bash scripts/install-browser.sh
+
+pytest: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) browser
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
 
 lint: $(STAMP)

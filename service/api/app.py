@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from service.api.errors import install_error_handlers
 from service.api.middleware import install_middleware
 from service.api.routes import explain, generate, health, openai
+from service.api.routes.ui import install_ui
 from service.cache import build_cache
 from service.models.registry import ModelRegistry
 from service.observability.tracing import EXPORT_TIMEOUT_S, build_tracer_provider
@@ -60,4 +61,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(generate.router)
     app.include_router(explain.router)
     app.include_router(openai.router)
+    install_ui(app)
     return app

@@ -10,10 +10,10 @@ import pytest
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from service.api.middleware.auth import key_matches
-from service.api.middleware.paths import PUBLIC_PATHS
+from service.api.middleware.paths import PUBLIC_PATHS, is_public
 from service.settings import Settings
 from tests.test_api_generate import assert_error
 
@@ -30,6 +30,8 @@ def routes(client: TestClient) -> list[tuple[str, str]]:
     found = []
     for context in iter_route_contexts(client.app.routes):  # type: ignore[attr-defined]
         route = context.original_route
+        if isinstance(route, Mount) and route.path == "/ui":  # static files, public: tests/ui/test_ui_route.py
+            continue
         assert isinstance(route, Route) and context.path, f"unexpected route type {route!r}"
         for method in sorted(route.methods or {"GET"}):
             found.append((method, concrete(context.path)))
@@ -42,7 +44,7 @@ def test_every_route_needs_a_key_except_the_public_ones(serving_client: Callable
     assert {path for _, path in walked} >= PUBLIC_PATHS | {"/generate", "/models", "/openapi.json", "/docs"}
     for method, path in walked:
         response = client.request(method, path, json={} if method == "POST" else None)
-        if path in PUBLIC_PATHS:
+        if is_public(path):
             assert response.status_code != 401, (method, path)
             continue
         assert response.status_code == 401, (method, path, response.status_code)

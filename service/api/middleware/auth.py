@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.errors import error_response
-from service.api.middleware.paths import PUBLIC_PATHS
+from service.api.middleware.paths import PUBLIC_PATHS, is_public
 
 
 def key_matches(presented: str, digests: frozenset[bytes]) -> bool:
@@ -32,14 +32,14 @@ def _bearer(scope: Scope) -> str | None:
 
 
 class ApiKeyAuth:
-    """401 for every route outside ``PUBLIC_PATHS`` without a valid key (installed only when keys exist)."""
+    """401 for every route but the ``is_public`` ones without a valid key (installed only when keys exist)."""
 
     def __init__(self, app: ASGIApp, digests: frozenset[bytes]) -> None:
         self.app = app
         self.digests = digests
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope["path"] in PUBLIC_PATHS:
+        if scope["type"] not in ("http", "websocket") or is_public(scope["path"]):
             await self.app(scope, receive, send)
             return
         token = _bearer(scope)

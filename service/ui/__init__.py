@@ -1,0 +1,1 @@
+"""The "why this answer" page (`GET /ui`): static files only, shipped as package data."""
