@@ -1,9 +1,11 @@
 """The fast decode loop: the batched chooser against the per-row reference, the preallocated KV batch
-against a concatenating one, one read-back per step, and joins and leaves that copy no whole cache."""
+against a concatenating one, one read-back per step, joins and leaves that copy no whole cache, and
+orjson response bodies."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import Callable
 from dataclasses import replace
@@ -12,9 +14,11 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from fastapi.responses import JSONResponse
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from service.api.json_body import OrjsonResponse
 from service.engine.prompt import build_prompt
 from service.engine.sampling import Pick, SamplingParams, choose, pick
 from service.models.loaded import LoadedModel
@@ -301,3 +305,23 @@ def test_kv_batch_holds_an_unmergeable_cache_as_it_is(tiny_lm: LoadedModel) -> N
             batch.add(prefill(tiny_lm, [5, 6, 7])[0], 3)
         batch.keep([])
         assert batch.cache is None and len(batch) == 0
+
+
+# --- response bodies ---
+
+
+def test_orjson_bodies_hold_the_same_json_and_non_finite_floats_become_null() -> None:
+    body = {
+        "text": 'Café, 東京 \u2028 "quoted" \\ \x00',
+        "tokens": [{"id": 7, "logprob": -1e-05, "top": [[3, -0.1], [9, -2.5e-12]]}],
+        "seed": 2**63 - 1,
+    }
+    assert json.loads(OrjsonResponse(body).body) == json.loads(JSONResponse(body).body)
+    non_finite = {"scores": [float("nan"), float("inf"), -float("inf"), 1.5]}
+    with pytest.raises(ValueError):
+        JSONResponse(non_finite)  # what the routes answered before: a 500
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"invalid JSON constant {constant}")
+
+    assert json.loads(OrjsonResponse(non_finite).body, parse_constant=refuse) == {"scores": [None, None, None, 1.5]}

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header
-from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 from starlette.types import Receive, Scope, Send
 
@@ -15,6 +14,7 @@ from schemas.generate import GenerateRequest, GenerateResponse, TokenEvent
 from service.api.deadline import RequestDeadline, get_serving
 from service.api.deps import get_cache, get_registry, get_settings
 from service.api.errors import ERROR_RESPONSES
+from service.api.json_body import OrjsonResponse
 from service.cache import ResponseCache
 from service.models.registry import ModelRegistry
 from service.serving import Serving
@@ -82,7 +82,7 @@ async def generate(
         seed=req.seed,
         cache_control=cache_control,
     )
-    return JSONResponse(body, headers={"X-Cache": outcome.value})
+    return OrjsonResponse(body, headers={"X-Cache": outcome.value})
 
 
 class _StreamResponse(EventSourceResponse):
