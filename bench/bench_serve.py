@@ -157,6 +157,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {DEFAULT_MODEL}, greedy, "
           f"{args.max_new_tokens} new tokens, chat prompts")  # fmt: skip
     lm = load_model(DEFAULT_MODEL, DEFAULT_MODEL, Settings(device="cpu"))
+    baseline(lm, 4, 1)  # warm the baseline's paths too, as the server's are warmed below
     before = baseline(lm, args.max_new_tokens, args.baseline_requests)
 
     port = free_port()

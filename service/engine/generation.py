@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from service.engine.detokenize import IncrementalDetokenizer
-from service.engine.sampling import SamplingParams, choose
+from service.engine.sampling import Pick, Sampler, SamplingParams, pick
 from service.models.loaded import LoadedModel
 
 
@@ -76,10 +76,11 @@ class _StopWatcher:
 
 
 class SequenceDecoder:
-    """One sequence's decoding state, fed one next-token logits vector at a time.
+    """One sequence's decoding state, fed one chosen token (id, logprob, alternatives) at a time.
 
-    It owns everything per request: the seeded generator, logprobs and alternatives, incremental text, stop
-    strings, and streaming with hold-back, so batching changes only where the logits come from.
+    It owns everything per request: the seeded generator (lent to the batch's chooser through ``sampler``),
+    incremental text, stop strings, and streaming with hold-back, so batching changes only where the
+    logits come from.
     """
 
     def __init__(
@@ -115,21 +116,27 @@ class SequenceDecoder:
         if self.finish_reason is None:
             self.finish_reason = reason
 
+    @property
+    def sampler(self) -> Sampler:
+        """What :func:`~service.engine.sampling.pick` needs to choose this sequence's next token."""
+        return self.params, self._generator
+
     def push(self, logits: torch.Tensor) -> bool:
-        """Choose the next token from this sequence's 1-D next-token logits; True when the sequence ended."""
-        logits = logits.float()
-        token_id = choose(logits, self.params, self._generator)
+        """Choose the next token from this sequence's 1-D next-token logits; True when the sequence ended.
+
+        The one-sequence path (``generate`` below); the batcher picks for all rows at once and calls ``accept``.
+        """
+        return self.accept(pick(logits.unsqueeze(0), [self.sampler])[0])
+
+    def accept(self, chosen: Pick) -> bool:
+        """Append the chosen token (plain values, already on the host); True when the sequence ended."""
+        token_id = chosen.id
         if token_id in self._eos:
             self.finish_reason = "stop"
             return True
-        logprobs = torch.log_softmax(logits, dim=-1)
-        top: list[tuple[int, float]] = []
-        if self.params.top_logprobs:
-            values, indices = torch.topk(logprobs, self.params.top_logprobs)
-            top = list(zip(indices.tolist(), values.tolist(), strict=True))
         offset = len(self._detok.text)
         piece = self._detok.add(token_id)
-        self.tokens.append(GeneratedToken(token_id, piece, offset, float(logprobs[token_id]), top))
+        self.tokens.append(GeneratedToken(token_id, piece, offset, chosen.logprob, chosen.top))
         if self._watcher.check(self._detok.text, len(piece)):
             self.finish_reason = "stop_sequence"
             return True

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from service.engine.generation import GeneratedToken, GenerationOutput, SequenceDecoder
-from service.engine.sampling import SamplingParams
+from service.engine.sampling import Pick, SamplingParams, pick
 from service.errors import GlassboxError, ShuttingDown
 from service.metrics import BATCH_SIZE, TIME_PER_OUTPUT_TOKEN, TIME_TO_FIRST_TOKEN, TOKENS
 from service.models.loaded import LoadedModel, as_oom_error, is_oom
@@ -187,13 +187,18 @@ class Batcher:
             if not self._mergeable:
                 self._capacity = 1
                 log.info("model %s: cache type %s cannot be batched; one sequence at a time", self.lm.name, cache)
-        if self._push(job, logits[0]):
+        try:
+            chosen = pick(logits, [job.decoder.sampler])[0]
+        except Exception as exc:
+            self._fail(job, exc)
+            return
+        if self._push(job, chosen):
             return
         self._kv.add(cache, len(job.prompt_ids))
         self._rows.append(job)
 
-    def _push(self, job: _Job, logits: torch.Tensor) -> bool:
-        """Feed one row its logits; True when it is finished (and resolved)."""
+    def _push(self, job: _Job, chosen: Pick) -> bool:
+        """Feed one row its chosen token; True when it is finished (and resolved)."""
         reason = job.stop_reason()
         if reason is not None:
             job.decoder.stop(reason)
@@ -201,7 +206,7 @@ class Batcher:
             return True
         try:
             first = not job.decoder.tokens
-            done = job.decoder.push(logits)
+            done = job.decoder.accept(chosen)
         except Exception as exc:
             self._fail(job, exc)
             return True
@@ -218,6 +223,7 @@ class Batcher:
             return
         try:
             logits, _ = self._forward(**self._kv.step_inputs([job.decoder.last_id for job in rows]))
+            picks = pick(logits, [job.decoder.sampler for job in rows])  # the step's one transfer to the host
         except Exception as exc:
             # The batch shares one forward pass: on failure (out of memory, typically) every row fails and
             # the cache is dropped, so the next request starts clean.
@@ -227,10 +233,9 @@ class Batcher:
             self._kv.keep([])
             return
         BATCH_SIZE.labels(model=self.lm.name).observe(len(rows))
-        keep = [i for i, job in enumerate(rows) if not self._push(job, logits[i])]
-        if len(keep) < len(rows):
-            self._kv.keep(keep)
-            self._rows = [rows[i] for i in keep]
+        done = [i for i, job in enumerate(rows) if self._push(job, picks[i])]
+        if done:  # a finished row's slot takes the last row: the batch's order changes with the cache's
+            self._rows = [rows[i] for i in self._kv.remove(done)]
 
     def _reap(self) -> None:
         """Drop rows whose client left or whose deadline passed, before spending a step on them."""
@@ -241,9 +246,7 @@ class Batcher:
             job = self._rows[i]
             job.decoder.stop(job.stop_reason() or "cancelled")
             self._finish(job)
-        keep = [i for i in range(len(self._rows)) if i not in set(stopped)]
-        self._kv.keep(keep)
-        self._rows = [self._rows[i] for i in keep]
+        self._rows = [self._rows[i] for i in self._kv.remove(stopped)]
 
     def _finish(self, job: _Job) -> None:
         decode_s = time.perf_counter() - job.decode_started if job.decode_started else 0.0

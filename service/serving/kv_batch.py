@@ -1,19 +1,36 @@
 """The shared KV cache of a decode batch: rows of different lengths, right-aligned, padding masked out.
 
 Each row's keys are stored after its rotary embedding, so a row can sit at any column: what the model
-needs is the attention mask (padding = 0) and each row's own position ids. Rows join after a solo
-prefill (their cache is left-padded into the batch) and leave when they finish (columns that hold only
-padding are trimmed), so the cache is never longer than its longest live row.
+needs is the attention mask (padding = 0) and each row's own position ids.
+
+The cache lives in preallocated per-layer buffers ``[row slots, heads, columns, head dim]`` with spare
+rows and columns, and the batch is a window of them: rows ``[0, rows)``, columns ``[start, end)``, every
+row right-aligned at ``end``. So nothing copies the whole cache in the common case:
+
+- a decode step writes one column per layer (transformers' ``DynamicLayer`` concatenates the whole cache
+  every step instead);
+- a joining row's solo prefill is written into a free slot, right-aligned at ``end``;
+- a leaving row's slot is filled by the last row (one row copied), and columns that are padding in every
+  row left are dropped by moving ``start`` (no copy).
+
+Only when the window outgrows its buffers (no free slot, no column left for the next step, or a joining
+prompt longer than the columns left of ``end``) is the live window copied once into a fresh layout with
+room to spare on every side, so that copy is amortised over many steps and joins (:attr:`KVBatch.relayouts`
+counts them). Caches that are not plain full-attention dynamic caches are not merged: such a model decodes
+one row at a time with its own cache object, as transformers made it.
 """
 
 from __future__ import annotations
 
-from typing import cast
+from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
+
+#: Column capacity is rounded up to this many columns.
+_COLUMN_QUANTUM = 64
 
 
 def is_mergeable(cache: object) -> bool:
@@ -22,17 +39,80 @@ def is_mergeable(cache: object) -> bool:
     return isinstance(cache, DynamicCache) and bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
-def _layers(cache: DynamicCache) -> list[DynamicLayer]:
-    return cast(list[DynamicLayer], cache.layers)
+@dataclass
+class _Window:
+    """The live part of the buffers, shared by every layer: rows ``[0, rows)``, columns ``[start, end)``."""
+
+    rows: int = 0
+    start: int = 0
+    end: int = 0
 
 
-def _kv(layer: DynamicLayer) -> tuple[torch.Tensor, torch.Tensor]:
-    return cast(torch.Tensor, layer.keys), cast(torch.Tensor, layer.values)
+class SlotLayer(CacheLayerMixin):
+    """One layer of a :class:`KVBatch`: writes the decode step's column in place, returns views of the window.
+
+    Serves decode steps only (one new column per forward, already counted in the window by
+    :meth:`KVBatch.step_inputs`); ``keys`` and ``values`` are views of the live window.
+    """
+
+    is_sliding = False
+
+    def __init__(self, window: _Window, key_buffer: torch.Tensor, value_buffer: torch.Tensor) -> None:
+        super().__init__()
+        self.window = window
+        self.key_buffer = key_buffer
+        self.value_buffer = value_buffer
+        self.device = key_buffer.device
+        self.is_initialized = True
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Point ``keys`` and ``values`` at the current window."""
+        w = self.window
+        self.keys = self.key_buffer[: w.rows, :, w.start : w.end]
+        self.values = self.value_buffer[: w.rows, :, w.start : w.end]
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Nothing to do: the buffers exist before the first forward."""
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self.window
+        new = key_states.shape[-2]
+        self.key_buffer[: w.rows, :, w.end - new : w.end] = key_states
+        self.value_buffer[: w.rows, :, w.end - new : w.end] = value_states
+        self.refresh()
+        return cast(torch.Tensor, self.keys), cast(torch.Tensor, self.values)
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.window.end - self.window.start, 0
+
+    def get_seq_length(self) -> int:
+        """Columns before the step's own (which :meth:`KVBatch.step_inputs` has already opened)."""
+        return self.window.end - self.window.start - 1
+
+    def get_max_length(self) -> int:
+        return -1
 
 
-def _pad_left(tensor: torch.Tensor, columns: int) -> torch.Tensor:
-    """Pad dim -2 (sequence) of a [batch, heads, seq, dim] tensor with ``columns`` zeros on the left."""
-    return F.pad(tensor, (0, 0, columns, 0)) if columns else tensor
+class SlotCache(Cache):
+    """The model-facing cache of a :class:`KVBatch` (one :class:`SlotLayer` per model layer)."""
+
+    def __init__(self, layers: list[SlotLayer]) -> None:
+        super().__init__(layers=list(layers))
+
+
+def _layout(width: int) -> tuple[int, int]:
+    """Spare columns left of a ``width``-column window, and the column capacity around it.
+
+    A quarter of the width to the left (for longer prompts joining) and half of it plus a margin to the
+    right (for the steps to come), so a relayout copies the window at most once per ``width // 2 + 64``
+    steps: under two columns per step, against the whole cache per step for a concatenating cache.
+    """
+    left = width // 4
+    capacity = left + width + width // 2 + _COLUMN_QUANTUM
+    return left, -(-capacity // _COLUMN_QUANTUM) * _COLUMN_QUANTUM
 
 
 class KVBatch:
@@ -40,9 +120,14 @@ class KVBatch:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.cache: DynamicCache | None = None
-        self.mask = torch.zeros((0, 0), dtype=torch.long, device=device)  # [rows, columns]
+        self.cache: Cache | None = None
         self.lengths: list[int] = []  # real tokens per row (also the next token's position)
+        self.relayouts = 0  # times the live window was copied into new buffers (growth, compaction)
+        self._window = _Window()
+        self._keys: list[torch.Tensor] = []  # per layer [row slots, heads, columns, head dim]
+        self._values: list[torch.Tensor] = []
+        self._mask = torch.zeros((0, 0), dtype=torch.bool, device=device)  # [row slots, columns]
+        self._solo_mask: torch.Tensor | None = None  # an unmergeable cache's own mask [1, length]
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -51,47 +136,94 @@ class KVBatch:
     def columns(self) -> int:
         return int(self.mask.shape[1])
 
-    def add(self, cache: DynamicCache, length: int) -> None:
+    @property
+    def mask(self) -> torch.Tensor:
+        """The live attention mask [rows, columns] (True on real tokens)."""
+        if self._solo_mask is not None:
+            return self._solo_mask
+        w = self._window
+        return self._mask[: w.rows, w.start : w.end]
+
+    @property
+    def buffers(self) -> list[torch.Tensor]:
+        """The per-layer key and value buffers (for tests: their storage stays put across joins and leaves)."""
+        return [*self._keys, *self._values]
+
+    def add(self, cache: Cache, length: int) -> None:
         """Append a row whose (solo, unpadded) cache holds ``length`` tokens."""
-        if self.cache is None or not self.lengths:
-            self.cache = cache
-            self.mask = torch.ones((1, length), dtype=torch.long, device=self.device)
-            self.lengths = [length]
+        if self._solo_mask is not None:
+            raise ValueError("a cache that cannot be merged decodes alone")
+        if not is_mergeable(cache):
+            if self.lengths:
+                raise ValueError("a cache that cannot be merged decodes alone")
+            self.cache, self.lengths = cache, [length]
+            self._solo_mask = torch.ones((1, length), dtype=torch.bool, device=self.device)
             return
-        width = max(self.columns, length)
-        grow, pad = width - self.columns, width - length
-        for mine, theirs in zip(_layers(self.cache), _layers(cache), strict=True):
-            (keys, values), (new_keys, new_values) = _kv(mine), _kv(theirs)
-            mine.keys = torch.cat([_pad_left(keys, grow), _pad_left(new_keys, pad)], dim=0)
-            mine.values = torch.cat([_pad_left(values, grow), _pad_left(new_values, pad)], dim=0)
-        row = torch.zeros((1, width), dtype=torch.long, device=self.device)
-        row[0, pad:] = 1
-        self.mask = torch.cat([F.pad(self.mask, (grow, 0)), row], dim=0)
+        layers = cast(list[DynamicLayer], cache.layers)
+        if self.cache is None:
+            self._allocate(layers, length)
+        w = self._window
+        width = max(w.end - w.start, length)
+        if w.rows == self._keys[0].shape[0] or length > w.end:
+            self._relayout(rows=w.rows + 1, width=width)
+        slot = w.rows
+        for buffer, source in zip([*self._keys, *self._values], _tensors(layers), strict=True):
+            buffer[slot, :, w.end - length : w.end] = source[0]
+        self._mask[slot] = False
+        self._mask[slot, w.end - length : w.end] = True
+        w.rows += 1
+        w.start = w.end - width
         self.lengths.append(length)
+        self._refresh()
+
+    def remove(self, rows: list[int]) -> list[int]:
+        """Drop ``rows``; each freed slot takes the last row. Returns the old indices in their new order."""
+        gone = set(rows)
+        size = len(self.lengths) - len(gone)
+        tail = [r for r in range(size, len(self.lengths)) if r not in gone]  # as many as the holes below size
+        order = [tail.pop() if r in gone else r for r in range(size)]
+        self.keep(order)
+        return order
 
     def keep(self, rows: list[int]) -> None:
-        """Keep only ``rows`` (in this order), then drop columns that are padding in every row left."""
+        """Keep only ``rows`` (in this order), then drop columns that are padding in every row left.
+
+        Only rows that change slot are copied; :meth:`remove` chooses an order that moves at most one row
+        per row removed.
+        """
         if not rows:
-            self.cache = None
-            self.mask = torch.zeros((0, 0), dtype=torch.long, device=self.device)
-            self.lengths = []
+            self._clear()
             return
-        assert self.cache is not None
-        index = torch.tensor(rows, device=self.device)
-        start = self.columns - max(self.lengths[r] for r in rows)
-        for layer in _layers(self.cache):
-            keys, values = _kv(layer)
-            layer.keys = keys[index, :, start:]
-            layer.values = values[index, :, start:]
-        self.mask = self.mask[index, start:]
+        if self._solo_mask is not None:
+            assert rows == [0], "a cache that cannot be merged holds one row"
+            return
+        moves = [(new, old) for new, old in enumerate(rows) if new != old]
+        w = self._window
+        if moves:
+            new = torch.tensor([m[0] for m in moves], device=self.device)
+            old = torch.tensor([m[1] for m in moves], device=self.device)
+            for buffer in self.buffers:
+                live = buffer[:, :, w.start : w.end]
+                live.index_copy_(0, new, live.index_select(0, old))
+            self._mask.index_copy_(0, new, self._mask.index_select(0, old))
         self.lengths = [self.lengths[r] for r in rows]
+        w.rows = len(rows)
+        w.start = w.end - max(self.lengths)
+        self._refresh()
 
     def step_inputs(self, last_ids: list[int]) -> dict[str, object]:
-        """Model kwargs for one decode step feeding each row its last token."""
-        rows = len(self.lengths)
-        self.mask = torch.cat([self.mask, torch.ones((rows, 1), dtype=torch.long, device=self.device)], dim=1)
+        """Model kwargs for one decode step feeding each row its last token (its column is opened here)."""
         positions = torch.tensor(self.lengths, device=self.device).unsqueeze(1)
         self.lengths = [n + 1 for n in self.lengths]
+        if self._solo_mask is not None:
+            self._solo_mask = torch.ones((1, self.lengths[0]), dtype=torch.bool, device=self.device)
+        else:
+            w = self._window
+            if w.end == self._keys[0].shape[2]:
+                self._relayout(rows=w.rows, width=w.end - w.start + 1)
+            self._mask[: w.rows, w.end] = True
+            w.end += 1
+            self._refresh()
         return {
             "input_ids": torch.tensor(last_ids, device=self.device).unsqueeze(1),
             "attention_mask": self.mask,
@@ -99,3 +231,75 @@ class KVBatch:
             "cache": self.cache,
             "use_cache": True,
         }
+
+    # --- layout ---
+
+    def _allocate(self, layers: list[DynamicLayer], length: int) -> None:
+        """Empty buffers shaped after the first row's cache, for one row of ``length`` tokens."""
+        left, capacity = _layout(length)
+        self._keys = [_empty_like(k, 1, capacity) for k, _ in _pairs(layers)]
+        self._values = [_empty_like(v, 1, capacity) for _, v in _pairs(layers)]
+        self._mask = torch.zeros((1, capacity), dtype=torch.bool, device=self.device)
+        self._window = _Window(rows=0, start=left + length, end=left + length)
+        self.cache = SlotCache([SlotLayer(self._window, k, v) for k, v in zip(self._keys, self._values, strict=True)])
+
+    def _relayout(self, rows: int, width: int) -> None:
+        """Copy the live window into new buffers with room for ``rows`` rows and a ``width``-column window.
+
+        Row slots double when short; the window ends ``width`` columns after :func:`_layout`'s left margin.
+        """
+        w = self._window
+        slots = self._keys[0].shape[0]
+        while slots < rows:
+            slots *= 2
+        left, capacity = _layout(width)
+        capacity = max(capacity, self._keys[0].shape[2])
+        live = w.end - w.start
+        start = left + width - live
+        self._keys = [_moved(b, slots, capacity, w, start) for b in self._keys]
+        self._values = [_moved(b, slots, capacity, w, start) for b in self._values]
+        mask = torch.zeros((slots, capacity), dtype=torch.bool, device=self.device)
+        mask[: w.rows, start : start + live] = self._mask[: w.rows, w.start : w.end]
+        self._mask = mask
+        w.start, w.end = start, start + live
+        for layer, k, v in zip(self._layers(), self._keys, self._values, strict=True):
+            layer.key_buffer, layer.value_buffer = k, v
+        self.relayouts += 1
+
+    def _refresh(self) -> None:
+        for layer in self._layers():
+            layer.refresh()
+
+    def _layers(self) -> list[SlotLayer]:
+        return cast(list[SlotLayer], self.cache.layers) if self._solo_mask is None and self.cache else []
+
+    def _clear(self) -> None:
+        self.cache = None
+        self.lengths = []
+        self._window = _Window()
+        self._keys, self._values = [], []
+        self._mask = torch.zeros((0, 0), dtype=torch.bool, device=self.device)
+        self._solo_mask = None
+
+
+def _pairs(layers: list[DynamicLayer]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(cast(torch.Tensor, layer.keys), cast(torch.Tensor, layer.values)) for layer in layers]
+
+
+def _tensors(layers: list[DynamicLayer]) -> list[torch.Tensor]:
+    """Every layer's keys, then every layer's values (the order of :attr:`KVBatch.buffers`)."""
+    pairs = _pairs(layers)
+    return [k for k, _ in pairs] + [v for _, v in pairs]
+
+
+def _empty_like(tensor: torch.Tensor, slots: int, columns: int) -> torch.Tensor:
+    """Zeroed ``[slots, heads, columns, dim]``: masked columns must hold finite values (0 x NaN is NaN)."""
+    _, heads, _, dim = tensor.shape
+    return torch.zeros((slots, heads, columns, dim), dtype=tensor.dtype, device=tensor.device)
+
+
+def _moved(buffer: torch.Tensor, slots: int, columns: int, w: _Window, start: int) -> torch.Tensor:
+    """A new buffer holding ``buffer``'s live window at columns ``[start, start + width)``."""
+    new = _empty_like(buffer, slots, columns)
+    new[: w.rows, :, start : start + w.end - w.start] = buffer[: w.rows, :, w.start : w.end]
+    return new

@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header
-from fastapi.responses import JSONResponse
 
 from schemas.explain import ExplainRequest, ExplainResponse
 from service.api.deadline import RequestDeadline, get_serving
 from service.api.deps import get_cache, get_registry, get_settings
 from service.api.errors import ERROR_RESPONSES
+from service.api.json_body import OrjsonResponse
 from service.api.sse import SSE_DOC, event_doc, stream_response
 from service.cache import ResponseCache
 from service.models.registry import ModelRegistry
@@ -59,4 +59,4 @@ async def explain(
     body, outcome = await explain_cached(
         registry, settings, cache, req, serving=serving, deadline=deadline, cache_control=cache_control
     )
-    return JSONResponse(body, headers={"X-Cache": outcome.value})
+    return OrjsonResponse(body, headers={"X-Cache": outcome.value})
