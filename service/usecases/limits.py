@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from schemas.inputs import SamplingFields
-from service.engine.prompt import PromptTokens
+from schemas.inputs import InputFields, SamplingFields
+from service.engine.prompt import PromptTokens, max_token_bytes, render_chat, tokens_over
 from service.engine.sampling import SamplingParams
 from service.errors import BudgetExceeded, InvalidRequest
 from service.models.loaded import LoadedModel
@@ -46,3 +46,36 @@ def check_limits(lm: LoadedModel, settings: Settings, prompt: PromptTokens, max_
             f"{len(prompt) + max_new_tokens} exceeds the model's context limit of {lm.max_context}",
             param="max_new_tokens",
         )
+
+
+def _over_tokens(settings: Settings, count: str, is_chat: bool) -> BudgetExceeded:
+    return BudgetExceeded(
+        f"the prompt has {count} tokens, over this server's limit of {settings.max_prompt_tokens}",
+        param="messages" if is_chat else "prompt",
+    )
+
+
+def check_input_size(lm: LoadedModel, settings: Settings, req: InputFields) -> None:
+    """Refusals that cost microseconds, before a slot is taken or anything is tokenized: more messages than
+    the token limit (every message adds template tokens), or more UTF-8 bytes than the token limit's worth
+    of the longest tokens."""
+    limit = settings.max_prompt_tokens
+    if req.messages is not None and len(req.messages) > limit:
+        raise BudgetExceeded(
+            f"{len(req.messages)} messages cannot fit in this server's limit of {limit} prompt tokens",
+            param="messages",
+        )
+    texts = [req.prompt] if req.prompt is not None else [m.content for m in req.messages or ()]
+    size = sum(len(t) for t in texts)  # characters ≤ bytes: only encode when it could matter
+    widest = max_token_bytes(lm.tokenizer)
+    if size > limit and sum(len(t.encode()) for t in texts) > limit * widest:
+        raise _over_tokens(settings, f"more than {limit}", req.messages is not None)
+
+
+def check_prompt_tokens_bounded(lm: LoadedModel, settings: Settings, req: InputFields) -> None:
+    """Before full tokenization (offsets and all): a prompt whose first part alone is over the limit is
+    refused after tokenizing only that part (see :func:`service.engine.prompt.tokens_over`)."""
+    text = req.prompt if req.prompt is not None else render_chat(lm.tokenizer, req.messages or [])
+    count = tokens_over(lm.tokenizer, text, settings.max_prompt_tokens)
+    if count is not None:
+        raise _over_tokens(settings, f"more than {count}", req.messages is not None)
