@@ -64,7 +64,12 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(0.05, gt=0, le=5, description="Socket and connect timeout for Redis.")
     cache_breaker_threshold: int = Field(5, ge=1, description="Consecutive Redis errors that open the breaker.")
     cache_breaker_reset_s: float = Field(5.0, gt=0, description="How long the breaker stays open.")
-    cache_lock_lease_s: float = Field(60.0, gt=0, description="Cross-replica single-flight lock lease.")
+    cache_lock_lease_s: float = Field(
+        5.0,
+        gt=0,
+        description="Cross-replica single-flight lock lease, renewed every third of it while its holder computes: "
+        "a crashed holder frees the key within this time.",
+    )
 
     # --- explain (owned by the explain work) ---
     explain_max_tokens: int = Field(

@@ -36,6 +36,9 @@ _POLL_FIRST_S = 0.005
 _POLL_MAX_S = 0.05
 
 _UNLOCK_SCRIPT = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+_RENEW_SCRIPT = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+)
 
 
 class CacheUnavailable(Exception):
@@ -64,6 +67,9 @@ class CacheBackend(Protocol):
 
     async def unlock(self, key: str, token: str) -> None:
         """Release the lock if *token* still holds it (an expired lease may belong to another)."""
+
+    async def renew(self, key: str, token: str, lease_s: float) -> bool:
+        """Extend the lease to *lease_s* from now if *token* still holds it; False if it does not."""
 
     async def wait(self, key: str, timeout_s: float) -> bytes | None:
         """The value once it appears; None as soon as the lock is gone without one, or at timeout."""
@@ -133,6 +139,12 @@ class MemoryBackend:
     async def unlock(self, key: str, token: str) -> None:
         if self._lock_holder(key) == token:
             del self._locks[key]
+
+    async def renew(self, key: str, token: str, lease_s: float) -> bool:
+        if self._lock_holder(key) != token:
+            return False
+        self._locks[key] = (token, time.monotonic() + lease_s)
+        return True
 
     async def wait(self, key: str, timeout_s: float) -> bytes | None:
         deadline = time.monotonic() + timeout_s
@@ -268,6 +280,7 @@ class RedisBackend:
         self.breaker = CircuitBreaker(breaker_threshold, breaker_reset_s, on_change=self._breaker_changed)
         self._last_error = ""
         self._unlock = client.register_script(_UNLOCK_SCRIPT)
+        self._renew = client.register_script(_RENEW_SCRIPT)
         if metrics is not None:
             metrics.breaker_state.set(BREAKER_CLOSED)
 
@@ -365,6 +378,11 @@ class RedisBackend:
 
     async def unlock(self, key: str, token: str) -> None:
         await self._call("unlock", lambda: self._unlock(keys=[lock_key(key)], args=[token]))
+
+    async def renew(self, key: str, token: str, lease_s: float) -> bool:
+        lease_ms = max(1, int(lease_s * 1000))
+        renewed = await self._call("renew", lambda: self._renew(keys=[lock_key(key)], args=[token, lease_ms]))
+        return bool(renewed)
 
     async def wait(self, key: str, timeout_s: float) -> bytes | None:
         # Polling MGET of value and lock (one slot, thanks to the hash tag) works the same on a

@@ -7,8 +7,10 @@ Flow of :meth:`ResponseCache.get_or_compute` for a cacheable request:
    cancelled) does not cancel the computation the others are waiting for.
 2. The flight reads the backend. A value that fails to decode is deleted, counted, and treated as
    a miss.
-3. On a miss it takes a short lease lock in the backend: the holder computes and stores, other
-   replicas wait for the value (bounded by the lease) and compute anyway when it does not come.
+3. On a miss it takes a short lease lock in the backend, renewed by a background task while the holder
+   is alive (so a holder that dies, even by ``kill -9``, frees the key within one lease): the holder
+   computes and stores; other replicas wait for the value, for as long as their own patience (the
+   flight's deadline) allows, and compute themselves as soon as the lock is gone without a value.
 4. The first backend failure of a flight ends its use of the backend: the answer is computed and
    returned, reported as ``error``, at a cost bounded by the backend's timeout.
 """
@@ -16,6 +18,7 @@ Flow of :meth:`ResponseCache.get_or_compute` for a cacheable request:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import random
@@ -24,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
@@ -37,6 +40,19 @@ log = logging.getLogger(__name__)
 
 Body = dict[str, Any]
 Compute = Callable[[], Awaitable[Body]]
+
+
+class Patience(Protocol):
+    """How long a flight may wait for another replica (a :class:`service.serving.Deadline` is one)."""
+
+    def remaining(self) -> float: ...
+
+    @property
+    def cancelled(self) -> bool: ...
+
+
+#: A follower re-reads its patience at least this often (it may grow, or be cancelled).
+_WAIT_SLICE_S = 0.5
 
 #: Values up to this size are decoded on the event loop; larger ones in the cache's thread.
 _INLINE_DECODE_BYTES = 64 * 1024
@@ -71,6 +87,7 @@ class _Flight:
     """One shared computation. ``write`` is true if any participant allows storing the result."""
 
     write: bool
+    patience: Patience | None = None
     task: asyncio.Task[tuple[Body, CacheOutcome]] | None = None
 
 
@@ -110,14 +127,26 @@ class ResponseCache:
             return "disabled"
         return "redis" if isinstance(self.backend, RedisBackend) else "memory"
 
+    def shares(self, *, cacheable: bool, read: bool = True) -> bool:
+        """Whether :meth:`get_or_compute` runs such a request as a flight identical requests share."""
+        return self.backend is not None and cacheable and read
+
     async def get_or_compute(
-        self, key: str, compute: Compute, *, cacheable: bool, read: bool = True, write: bool = True
+        self,
+        key: str,
+        compute: Compute,
+        *,
+        cacheable: bool,
+        read: bool = True,
+        write: bool = True,
+        patience: Patience | None = None,
     ) -> tuple[Body, CacheOutcome]:
         """The response for *key*: from the cache, from an identical in-flight computation, or from
         ``compute()``. Exceptions of ``compute`` propagate (nothing is stored); cache failures never do.
 
         ``cacheable`` is False for responses that are not reproducible (:func:`is_reproducible`);
-        ``read``/``write`` come from :func:`parse_cache_control`.
+        ``read``/``write`` come from :func:`parse_cache_control`. ``patience`` bounds how long a flight
+        waits for another replica's value (default: one lease); give every caller of a key the same one.
         """
         if self.backend is None or not cacheable or not read:
             reason = "disabled" if self.backend is None else "uncacheable" if not cacheable else "no-cache"
@@ -129,7 +158,7 @@ class ResponseCache:
 
         flight = self._flights.get(key)
         if flight is None:
-            flight = _Flight(write=write)
+            flight = _Flight(write=write, patience=patience)
             flight.task = asyncio.create_task(self._fly(key, compute, flight), name=f"cache-flight-{key[:12]}")
             self._flights[key] = flight
             flight.task.add_done_callback(lambda task: self._landed(key, flight, task))
@@ -172,9 +201,9 @@ class ResponseCache:
             return await compute(), CacheOutcome.ERROR
 
         if not leader:
-            # Another replica computes this key: wait for its value, at most for its lease.
+            # Another replica computes this key: wait for its value while it holds the lock and we may wait.
             try:
-                data = await backend.wait(key, self.lock_lease_s)
+                data = await self._wait_for_other(key, flight.patience)
             except CacheUnavailable as exc:
                 self._backend_failed(exc)
                 self.metrics.misses.inc()
@@ -185,21 +214,53 @@ class ResponseCache:
                     self.metrics.hits.inc()
                     self.metrics.coalesced.labels(scope="replica").inc()
                     return body, CacheOutcome.HIT
-            # The lease ran out or the leader stored nothing (failed, too large): compute anyway.
+            # The holder is gone (its lease ran out), stored nothing (failed, too large), or our patience
+            # ran out (then compute stops at once under the expired deadline): compute anyway.
             self.metrics.misses.inc()
             body = await compute()
             return body, await self._store(key, body)
 
         self.metrics.misses.inc()
         outcome = CacheOutcome.MISS
+        renewal = asyncio.create_task(self._renew(key, token), name=f"cache-lease-{key[:12]}")
         try:
             body = await compute()
             outcome = await self._store(key, body)
         finally:
+            renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewal
             # Shielded: a flight cancelled at shutdown still frees the key for other replicas.
             if not await asyncio.shield(self._unlock(key, token)):
                 outcome = CacheOutcome.ERROR
         return body, outcome
+
+    async def _renew(self, key: str, token: str) -> None:
+        """Keep the lock while this process computes: extend the lease every third of it. Stops when the
+        lock is no longer ours or Redis fails (others then compute too: wasteful, never wrong)."""
+        assert self.backend is not None
+        while True:
+            await asyncio.sleep(self.lock_lease_s / 3)
+            try:
+                if not await self.backend.renew(key, token, self.lock_lease_s):
+                    return
+            except CacheUnavailable as exc:
+                self._backend_failed(exc)
+                return
+
+    async def _wait_for_other(self, key: str, patience: Patience | None) -> bytes | None:
+        """Another replica's value for *key*; None once its lock is gone without one or patience ends."""
+        assert self.backend is not None
+        if patience is None:
+            return await self.backend.wait(key, self.lock_lease_s)
+        loop = asyncio.get_running_loop()
+        while not patience.cancelled and (remaining := patience.remaining()) > 0:
+            slice_s = min(remaining, _WAIT_SLICE_S)
+            started = loop.time()
+            data = await self.backend.wait(key, slice_s)
+            if data is not None or loop.time() - started < slice_s * 0.9:
+                return data  # the value, or the lock was released (or expired) without one
+        return None
 
     async def _unlock(self, key: str, token: str) -> bool:
         assert self.backend is not None

@@ -64,8 +64,9 @@ class _Pool:
             else (lambda: None)
         )
         try:
-            timeout = deadline.remaining() if deadline is not None else None
-            await asyncio.wait({waiter}, timeout=timeout)
+            # Re-read: a shared deadline grows when a more patient identical request joins.
+            while not waiter.done() and (deadline is None or deadline.remaining() > 0):
+                await asyncio.wait({waiter}, timeout=deadline.remaining() if deadline is not None else None)
         except asyncio.CancelledError:
             self._abandon(waiter)
             raise

@@ -23,7 +23,13 @@ from service.serving import Checkpoint, Deadline, Serving
 from service.settings import Settings
 from service.usecases.explain_plan import Plan, check_seconds, make_plan
 from service.usecases.explain_response import build_response, row_events
-from service.usecases.limits import check_limits, raise_if_stopped, sampling_params
+from service.usecases.limits import (
+    check_input_size,
+    check_limits,
+    check_prompt_tokens_bounded,
+    raise_if_stopped,
+    sampling_params,
+)
 
 ExplainEvent = ExplainProgressEvent | ExplainRowEvent
 
@@ -129,11 +135,12 @@ async def explain(
     slots and queue are full; the deadline bounds the wait). Without ``target`` the answer comes from
     ``answer_source`` (the /generate cache) or is generated in the model's batch."""
     lm = registry.get(req.model)
+    check_input_size(lm, settings, req)
     deadline = deadline or serving.deadline()
     async with serving.admission.slot(lm.name, deadline):
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        prompt = await asyncio.to_thread(_tokenize, lm, req)
+        prompt = await asyncio.to_thread(_tokenize, lm, settings, req)
         contrast = contrast_of(lm, req)
         timings["tokenize"] = time.perf_counter() - started
         if req.target is not None:
@@ -156,7 +163,9 @@ async def explain(
         )
 
 
-def _tokenize(lm: LoadedModel, req: ExplainRequest) -> PromptTokens:
+def _tokenize(lm: LoadedModel, settings: Settings, req: ExplainRequest) -> PromptTokens:
+    """Refuse a certainly over-long prompt after tokenizing a bounded part of it, else tokenize it all."""
+    check_prompt_tokens_bounded(lm, settings, req)
     return build_prompt(lm.tokenizer, prompt=req.prompt, messages=req.messages)
 
 

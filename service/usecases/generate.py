@@ -17,7 +17,14 @@ from service.observability.tracing import traced
 from service.serving import Deadline, Serving
 from service.settings import Settings
 from service.usecases import explain as explain_usecase
-from service.usecases.limits import check_limits, check_new_tokens, raise_if_stopped, sampling_params
+from service.usecases.limits import (
+    check_input_size,
+    check_limits,
+    check_new_tokens,
+    check_prompt_tokens_bounded,
+    raise_if_stopped,
+    sampling_params,
+)
 from service.usecases.tokens import generated_token, prompt_tokens
 
 
@@ -25,9 +32,15 @@ async def tokenize(lm: LoadedModel, settings: Settings, req: GenerateRequest) ->
     """Tokenize off the event loop and check the limits; returns the prompt and the time it took."""
     started = time.perf_counter()
     with traced("glassbox.tokenize"):
-        prompt = await asyncio.to_thread(build_prompt, lm.tokenizer, prompt=req.prompt, messages=req.messages)
+        prompt = await asyncio.to_thread(_bounded_build, lm, settings, req)
     check_limits(lm, settings, prompt, req.max_new_tokens)
     return prompt, time.perf_counter() - started
+
+
+def _bounded_build(lm: LoadedModel, settings: Settings, req: GenerateRequest) -> PromptTokens:
+    """Refuse a certainly over-long prompt after tokenizing a bounded part of it, else tokenize it all."""
+    check_prompt_tokens_bounded(lm, settings, req)
+    return build_prompt(lm.tokenizer, prompt=req.prompt, messages=req.messages)
 
 
 def build_response(
@@ -86,6 +99,7 @@ async def admit(
     the server's and those of the ``explain`` option (costed at the longest answer)."""
     lm = registry.get(req.model)
     check_new_tokens(settings, req.max_new_tokens)
+    check_input_size(lm, settings, req)
     deadline = deadline or serving.deadline()
     waited = await slot.enter_async_context(serving.admission.slot(lm.name, deadline))
     prompt, tokenize_s = await tokenize(lm, settings, req)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from schemas.inputs import SamplingFields
+from schemas.inputs import InputFields, SamplingFields
 from service.engine.generation import GenerationOutput
-from service.engine.prompt import PromptTokens
+from service.engine.prompt import PromptTokens, max_token_bytes, render_chat, tokens_over
 from service.engine.sampling import SamplingParams
 from service.errors import BudgetExceeded, ClientClosedRequest, DeadlineExceeded, InvalidRequest
 from service.models.loaded import LoadedModel
@@ -59,3 +59,36 @@ def raise_if_stopped(output: GenerationOutput, deadline: Deadline) -> None:
         )
     if output.finish_reason == "cancelled":
         raise ClientClosedRequest("the client disconnected")
+
+
+def _over_tokens(settings: Settings, count: str, is_chat: bool) -> BudgetExceeded:
+    return BudgetExceeded(
+        f"the prompt has {count} tokens, over this server's limit of {settings.max_prompt_tokens}",
+        param="messages" if is_chat else "prompt",
+    )
+
+
+def check_input_size(lm: LoadedModel, settings: Settings, req: InputFields) -> None:
+    """Refusals that cost microseconds, before a slot is taken or anything is tokenized: more messages than
+    the token limit (every message adds template tokens), or more UTF-8 bytes than the token limit's worth
+    of the longest tokens."""
+    limit = settings.max_prompt_tokens
+    if req.messages is not None and len(req.messages) > limit:
+        raise BudgetExceeded(
+            f"{len(req.messages)} messages cannot fit in this server's limit of {limit} prompt tokens",
+            param="messages",
+        )
+    texts = [req.prompt] if req.prompt is not None else [m.content for m in req.messages or ()]
+    size = sum(len(t) for t in texts)  # characters ≤ bytes: only encode when it could matter
+    widest = max_token_bytes(lm.tokenizer)
+    if size > limit and sum(len(t.encode()) for t in texts) > limit * widest:
+        raise _over_tokens(settings, f"more than {limit}", req.messages is not None)
+
+
+def check_prompt_tokens_bounded(lm: LoadedModel, settings: Settings, req: InputFields) -> None:
+    """Before full tokenization (offsets and all): a prompt whose first part alone is over the limit is
+    refused after tokenizing only that part (see :func:`service.engine.prompt.tokens_over`)."""
+    text = req.prompt if req.prompt is not None else render_chat(lm.tokenizer, req.messages or [])
+    count = tokens_over(lm.tokenizer, text, settings.max_prompt_tokens)
+    if count is not None:
+        raise _over_tokens(settings, f"more than {count}", req.messages is not None)

@@ -22,8 +22,8 @@ from service.api.json_body import OrjsonResponse
 from service.engine.prompt import build_prompt
 from service.engine.sampling import Pick, SamplingParams, choose, pick
 from service.models.loaded import LoadedModel
-from service.serving.batcher import Batcher
 from service.serving.kv_batch import KVBatch
+from service.serving.scheduler import Scheduler
 from tests.serving.conftest import patched_forward
 
 ROWS = [
@@ -138,9 +138,10 @@ def test_batcher_reads_back_once_per_forward_pass(tiny_lm: LoadedModel, monkeypa
             reads.paused = False
 
     async def scenario() -> None:
-        batcher = Batcher(tiny_lm, max_batch_size=4)
+        scheduler = Scheduler(tiny_lm, max_batch_size=4)
+        batcher = scheduler.batcher
         await asyncio.gather(*(batcher.generate(i, p) for i, p in zip(ids, params, strict=True)))
-        await batcher.close()
+        await scheduler.close()
 
     reads = ReadBacks(monkeypatch)
     with patched_forward(tiny_lm, forward):
