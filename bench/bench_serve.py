@@ -21,6 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import torch
@@ -130,6 +131,30 @@ async def run_level(url: str, clients: int, per_client: int, max_new_tokens: int
     return Level(clients, clients * per_client, tokens, wall, latencies, outputs)
 
 
+async def during_explanation(url: str, max_new_tokens: int) -> tuple[float, float, bool]:
+    """Time per output token of one /generate alone, then while an integrated-gradients explanation runs on
+    the same model; and whether the explanation was still running when that generation ended."""
+    body = {"messages": messages(0), "max_new_tokens": max_new_tokens, "temperature": 0, "logprobs": False}
+
+    def tpot(result: dict[str, Any]) -> float:
+        return float(result["timings"]["decode_ms"]) / 1000 / max(1, result["usage"]["completion_tokens"] - 1)
+
+    explain = {
+        "messages": messages(1),
+        "target": "Paris is the capital of France, and it is known for the Eiffel Tower and the Louvre museum.",
+        "methods": ["integrated_gradients"],
+        "integrated_gradients": {"n_steps": 16},
+    }
+    async with httpx.AsyncClient(timeout=900) as http:
+        alone = tpot((await http.post(f"{url}/generate", json=body)).raise_for_status().json())
+        explaining = asyncio.create_task(http.post(f"{url}/explain", json=explain))
+        await asyncio.sleep(2.0)
+        during = tpot((await http.post(f"{url}/generate", json=body)).raise_for_status().json())
+        still_running = not explaining.done()
+        (await explaining).raise_for_status()
+    return alone, during, still_running
+
+
 def start_server(port: int, extra_env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -168,6 +193,7 @@ def main() -> None:
         wait_until_ready(url, server, timeout=300)
         asyncio.run(run_level(url, 1, 1, 4))  # warm the server's paths
         results = [asyncio.run(run_level(url, c, args.per_client, args.max_new_tokens)) for c in levels]
+        alone, during, overlapped = asyncio.run(during_explanation(url, 32))
     finally:
         server.terminate()
         server.wait(60)
@@ -193,6 +219,14 @@ def main() -> None:
     same = sum(level.outputs[i] == reference[i] for level in results for i in level.outputs if i in reference)
     compared = sum(1 for level in results for i in level.outputs if i in reference)
     print(f"\ngreedy outputs identical to sequential `model.generate`: {same}/{compared} compared requests")
+    print()
+    print("| /generate, 32 tokens | time per output token | vs alone |")
+    print("|---|---:|---:|")
+    print(f"| alone | {alone * 1000:.1f} ms | 1.00x |")
+    print(
+        f"| while an integrated-gradients explanation runs{'' if overlapped else ' (it ended first!)'} "
+        f"| {during * 1000:.1f} ms | {during / alone:.2f}x |"
+    )
 
 
 if __name__ == "__main__":
