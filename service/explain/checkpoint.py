@@ -17,7 +17,7 @@ class Checkpoint(Protocol):
     #: Set by the engine: a context restoring the model's serving state while other work runs in between.
     pause: Callable[[], AbstractContextManager[Any]] | None
 
-    def __call__(self) -> None: ...
+    def __call__(self, interleave: bool = True) -> None: ...
 
     def progress(self, done: int, total: int, phase: str) -> None: ...
 
@@ -25,7 +25,7 @@ class Checkpoint(Protocol):
 class _Never:
     pause: Callable[[], AbstractContextManager[Any]] | None = None
 
-    def __call__(self) -> None:
+    def __call__(self, interleave: bool = True) -> None:
         return None
 
     def progress(self, done: int, total: int, phase: str) -> None:

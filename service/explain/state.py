@@ -75,7 +75,10 @@ def layer_checkpoints(model: PreTrainedModel, checkpoint: Checkpoint) -> Iterato
 
     def backward(_grad: torch.Tensor) -> None:
         if not is_paused(model):
-            checkpoint()
+            # Inside a backward pass other work must not run (a batched backward is vmapped: no random ops,
+            # batched tensors): there the checkpoint only stops work; generation interleaves between units
+            # and at every layer of the forward passes.
+            checkpoint(interleave=False)
 
     def after(_module: torch.nn.Module, _args: Any, output: Any) -> None:
         hidden = output[0] if isinstance(output, tuple) else output

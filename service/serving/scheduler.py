@@ -96,9 +96,10 @@ class Checkpoint:
         self._work = work
         self.pause: Callable[[], AbstractContextManager[Any]] | None = None
 
-    def __call__(self) -> None:
+    def __call__(self, interleave: bool = True) -> None:
+        """Stop here if the work must stop; with ``interleave``, let waiting generation take its turn."""
         if self._scheduler is not None and self._work is not None:
-            self._scheduler._checkpoint(self._work, self.pause)
+            self._scheduler._checkpoint(self._work, self.pause if interleave else None, interleave)
 
     def progress(self, done: int, total: int, phase: str) -> None:
         if self._work is not None and self._work.on_progress is not None:
@@ -246,13 +247,15 @@ class Scheduler:
         log.error("%s failed for model %s", work.kind, self.lm.name, exc_info=exc)
         return GlassboxError("internal error; it has been logged")
 
-    def _checkpoint(self, work: _Work, pause: Callable[[], AbstractContextManager[Any]] | None) -> None:
+    def _checkpoint(
+        self, work: _Work, pause: Callable[[], AbstractContextManager[Any]] | None, interleave: bool = True
+    ) -> None:
         if self._nested:
             return
         reason = "shutdown" if self._closing else work.stop_reason()
         if reason is not None:
             raise Stopped(reason)
-        if not self.batcher.has_work():
+        if not interleave or not self.batcher.has_work():
             return
         now = time.perf_counter()
         if now < self._next_tick_at:
