@@ -10,11 +10,8 @@ import uvicorn
 
 from service.api.app import create_app
 from service.observability.logging import configure_logging
-from service.serving.server import DrainingServer
+from service.serving.server import CLOSE_TIMEOUT_S, DrainingServer
 from service.settings import Settings
-
-#: After draining, how long uvicorn may take to close connections before cancelling what is left.
-_CLOSE_TIMEOUT_S = 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,7 +53,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         log_config=None,  # our handlers (JSON with request ids) for uvicorn's loggers too
         access_log=False,  # replaced by glassbox.access, which has the request id and duration
         # The drain phase already waited up to drain_timeout_s; this only bounds closing what is left.
-        timeout_graceful_shutdown=_CLOSE_TIMEOUT_S,
+        timeout_graceful_shutdown=CLOSE_TIMEOUT_S,
+        # No WebSocket endpoints: an upgrade attempt is a plain HTTP request (404/405), and no WebSocket
+        # library logs its handshake headers (a bearer key among them) at debug level.
+        ws="none",
     )
     DrainingServer(config, app.state.serving.drain).run()
 
