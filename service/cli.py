@@ -13,9 +13,6 @@ from collections.abc import Sequence
 
 from service.client.commands import batch, single
 
-#: After draining, how long uvicorn may take to close connections before cancelling what is left.
-_CLOSE_TIMEOUT_S = 3
-
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glassbox", description="Glassbox: LLM generation and explanation")
@@ -45,7 +42,7 @@ def _serve(args: argparse.Namespace) -> None:
 
     from service.api.app import create_app
     from service.observability.logging import configure_logging
-    from service.serving.server import DrainingServer
+    from service.serving.server import CLOSE_TIMEOUT_S, DrainingServer
     from service.settings import Settings
 
     overrides = {
@@ -72,7 +69,10 @@ def _serve(args: argparse.Namespace) -> None:
         log_config=None,  # our handlers (JSON with request ids) for uvicorn's loggers too
         access_log=False,  # replaced by glassbox.access, which has the request id and duration
         # The drain phase already waited up to drain_timeout_s; this only bounds closing what is left.
-        timeout_graceful_shutdown=_CLOSE_TIMEOUT_S,
+        timeout_graceful_shutdown=CLOSE_TIMEOUT_S,
+        # No WebSocket endpoints: an upgrade attempt is a plain HTTP request (404/405), and no WebSocket
+        # library logs its handshake headers (a bearer key among them) at debug level.
+        ws="none",
     )
     serving = app.state.serving
     DrainingServer(config, serving.drain, stop_work=serving.close).run()

@@ -19,7 +19,7 @@ LATENCY = Histogram(
 FAILURES = Counter(
     "glassbox_request_failures_total",
     "Failed requests by reason: validation, unauthorized, overloaded, timeout, cancelled, oom, not_ready, "
-    "shutting_down, internal. Includes errors sent inside a 200 stream.",
+    "shutting_down, slow_client, internal. Includes errors sent inside a 200 stream.",
     ["endpoint", "reason"],
 )
 QUEUE_DEPTH = Gauge("glassbox_queue_depth", "Requests waiting for a model slot (the autoscaling signal).", ["model"])
@@ -70,6 +70,7 @@ _REASONS = {
     "out_of_memory": "oom",
     "not_ready": "not_ready",
     "shutting_down": "shutting_down",
+    "request_timeout": "slow_client",
 }
 
 

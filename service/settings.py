@@ -40,6 +40,9 @@ class Settings(BaseSettings):
 
     # --- request limits ---
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies get 413.")
+    body_read_timeout_s: float = Field(
+        30.0, gt=0, description="A request body still arriving after this long gets 408 (a slow client)."
+    )
     max_new_tokens_limit: int = Field(1024, ge=1, description="Upper bound on `max_new_tokens`.")
     max_prompt_tokens: int = Field(8192, ge=1, description="Upper bound on prompt tokens.")
 

@@ -51,7 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await asyncio.wait_for(asyncio.to_thread(tracer_provider.shutdown), EXPORT_TIMEOUT_S + 1)
             await app.state.cache.close()
 
-    app = FastAPI(title="Glassbox", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # redirect_slashes=False: `/generate/` is a 404 (documented), not a 307 to a path the client did not ask for.
+    app = FastAPI(title="Glassbox", version="0.1.0", description=DESCRIPTION, lifespan=lifespan, redirect_slashes=False)
     app.state.settings = settings
     serving = app.state.serving = Serving(settings)
     tracer_provider = build_tracer_provider(settings)

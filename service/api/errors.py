@@ -15,13 +15,26 @@ from service.errors import GlassboxError
 
 log = logging.getLogger(__name__)
 
-_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 413: "payload_too_large"}
+#: Starlette's own errors. A 400 is a body that failed before or during JSON decoding (invalid UTF-8, a
+#: compressed body, nesting too deep for the parser, an integer past Python's digit limit): malformed.
+_HTTP_TYPES = {
+    400: "malformed_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
 
 #: For route decorators: every status a route can answer with, so OpenAPI documents them.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "Malformed JSON body."},
+    400: {
+        "model": ErrorBody,
+        "description": "Malformed body: not JSON, not UTF-8, compressed, nested too deep, or a number too long.",
+    },
     401: {"model": ErrorBody, "description": "API keys are enabled and the request has no valid bearer key."},
-    404: {"model": ErrorBody, "description": "Unknown model."},
+    404: {"model": ErrorBody, "description": "Unknown model, or an unknown path (a trailing slash is not redirected)."},
+    405: {"model": ErrorBody, "description": "Method not allowed on this path (see the `Allow` header)."},
+    408: {"model": ErrorBody, "description": "The request body did not arrive within the server's read timeout."},
     413: {"model": ErrorBody, "description": "Request body over the configured byte limit."},
     422: {"model": ErrorBody, "description": "Invalid field or header, or over a model or server limit."},
     429: {"model": ErrorBody, "description": "The model's slots and queue are full; retry after `Retry-After` s."},

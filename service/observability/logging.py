@@ -6,6 +6,7 @@ import contextvars
 import datetime
 import json
 import logging
+import re
 import sys
 from typing import Any
 
@@ -28,6 +29,50 @@ class RequestIdFilter(logging.Filter):
         if not hasattr(record, "request_id"):
             record.request_id = request_id_var.get() or "-"
         return True
+
+
+#: A secret-bearing header's value, in the shapes loggers print headers: ``authorization: Bearer k``,
+#: ``(b'authorization', b'Bearer k')``, ``'cookie': 'a=b'``.
+_SECRET_HEADER = re.compile(
+    r"""(?i)((?:proxy-)?authorization|(?:set-)?cookie|x-api-key)(['"]?\s*[:=,]\s*(?:b?['"])?)([^\r\n'"]+)"""
+)
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
+REDACTED = "[redacted]"
+
+
+def redact(text: str) -> str:
+    """``text`` with the values of authorization and cookie headers, and any bearer credential, replaced."""
+    text = _SECRET_HEADER.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
+    return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+
+
+class RedactSecrets(logging.Filter):
+    """On the root handler, so it sees every logger's records (ours, uvicorn's, libraries'), at every level:
+    the rendered message and any extra fields lose header secrets before a formatter sees them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        for key, value in list(vars(record).items()):
+            if key not in _STANDARD and not key.startswith("_") and isinstance(value, (str, bytes, dict, list, tuple)):
+                text = str(value)
+                if redact(text) != text:
+                    setattr(record, key, redact(text))
+        return True
+
+
+#: What uvicorn says at every WebSocket upgrade attempt when none is served (ws="none"): nothing went wrong.
+_UNSUPPORTED_UPGRADE = ("Unsupported upgrade request.", "No supported WebSocket library detected")
+
+
+class QuietUnsupportedUpgrade(logging.Filter):
+    """Drop uvicorn's warnings about upgrade attempts: this server has no WebSockets and refuses them as
+    plain HTTP requests (404/405), which the access log already records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("uvicorn") and str(record.msg).startswith(_UNSUPPORTED_UPGRADE))
 
 
 def _known(request_id: str | None) -> str | None:
@@ -56,6 +101,8 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str, fmt: str) -> None:
     """Root logging to stderr in ``json`` or ``text``; uvicorn's loggers propagate here (log_config=None)."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(QuietUnsupportedUpgrade())
+    handler.addFilter(RedactSecrets())
     handler.addFilter(RequestIdFilter())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

@@ -3,6 +3,7 @@ exits when in-flight requests finish or the drain timeout passes (whichever is f
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -18,9 +19,22 @@ class Drain:
 
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
+        #: Requests doing work (their body has arrived): only these hold the drain open.
         self.inflight = 0
         self.started_at: float | None = None
         self._warned = False
+        self._cut: asyncio.Event | None = None
+
+    def cut_event(self) -> asyncio.Event:
+        """Set when the drain ends: whatever is still open is answered 503 ``shutting_down`` (event loop only)."""
+        if self._cut is None:
+            self._cut = asyncio.Event()
+        return self._cut
+
+    def cut(self) -> None:
+        """The drain is over: requests still open (working past the timeout, or bodies still arriving) end
+        now with the documented 503 instead of being dropped by the server's shutdown."""
+        self.cut_event().set()
 
     @property
     def draining(self) -> bool:

@@ -14,12 +14,18 @@ from types import FrameType
 
 import uvicorn
 
+from service.observability.tracing import EXPORT_TIMEOUT_S
 from service.serving.drain import Drain
 
 log = logging.getLogger(__name__)
 
 #: After stopping the remaining work at the drain timeout, how long its requests get to send their 503.
 STOP_GRACE_S = 3.0
+#: After draining, how long uvicorn may take to close connections before cancelling what is left.
+CLOSE_TIMEOUT_S = 3
+#: The most the process takes from the drain's end to its exit: closing connections, then the lifespan's
+#: shutdown (model work failed at its next unit, a bounded trace flush of EXPORT_TIMEOUT_S + 1, the cache).
+EXIT_BUDGET_S = CLOSE_TIMEOUT_S + EXPORT_TIMEOUT_S + 1 + 2
 
 
 class DrainingServer(uvicorn.Server):
@@ -54,6 +60,7 @@ class DrainingServer(uvicorn.Server):
                 self._stop_started = time.monotonic()
             elif self._stopping is None or self.drain.inflight <= 0 or self._grace_over():
                 log.info("drained (%d request(s) still in flight); shutting down", self.drain.inflight)
+                self.drain.cut()  # what is still open gets the 503 body before uvicorn closes connections
                 self.should_exit = True
         return await super().on_tick(counter)
 

@@ -22,10 +22,12 @@ from pydantic import AliasChoices
 
 from service.api.app import create_app
 from service.cli import _parser as cli_parser
+from service.serving.server import EXIT_BUDGET_S
 from service.settings import Settings
 from tests.conftest import wait_ready
 from tests.deploy.manifests import (
     COMPOSE_GPU,
+    DEPLOY,
     K8S,
     OVERLAYS,
     ROOT,
@@ -178,6 +180,9 @@ def test_compose_environment_is_settings(monkeypatch: pytest.MonkeyPatch) -> Non
         settings_from({k: str(v) for k, v in env.items()}, monkeypatch)
 
 
+#: Slack on top of the exit budget before the orchestrator's SIGKILL (scheduling, a loaded node).
+EXIT_MARGIN_S = 5
+
 # --- shutdown --------------------------------------------------------------------------------------------
 
 
@@ -210,13 +215,25 @@ def test_grace_period_covers_prestop_and_drain(
     assert pre_stop > 0, f"{name}: no preStop pause; endpoints would still route to a terminating pod"
     drain = _drain_timeout_s(config_data(objects), monkeypatch)
     grace = pod.get("terminationGracePeriodSeconds", 30)
-    assert grace >= pre_stop + drain, f"{name}: grace {grace} s < preStop {pre_stop} s + drain {drain} s"
+    needed = pre_stop + drain + EXIT_BUDGET_S + EXIT_MARGIN_S
+    assert grace >= needed, (
+        f"{name}: grace {grace} s < preStop {pre_stop} s + drain {drain} s + exit {EXIT_BUDGET_S} s "
+        f"+ margin {EXIT_MARGIN_S} s"
+    )
+
+
+def test_deploy_readme_states_the_shutdown_budget() -> None:
+    text = (DEPLOY / "README.md").read_text()
+    objects = render("base")
+    grace = one(objects, "Deployment", SERVER)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert "Shutdown budget" in text and f"terminationGracePeriodSeconds: {grace}" in text
+    assert f"exit {EXIT_BUDGET_S:g} s" in text
 
 
 def test_compose_stop_grace_covers_drain(monkeypatch: pytest.MonkeyPatch) -> None:
     service = compose()["services"][SERVER]
     drain = _drain_timeout_s({k: str(v) for k, v in service.get("environment", {}).items()}, monkeypatch)
-    assert duration_s(service["stop_grace_period"]) >= drain
+    assert duration_s(service["stop_grace_period"]) >= drain + EXIT_BUDGET_S + EXIT_MARGIN_S
     assert service.get("stop_signal", "SIGTERM") == "SIGTERM"
 
 

@@ -21,7 +21,7 @@ from service.settings import Settings
 
 def install_middleware(app: FastAPI, settings: Settings, serving: Serving, tracer_provider: object | None) -> None:
     """Add the stack; Starlette runs the last added outermost."""
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, read_timeout_s=settings.body_read_timeout_s)
     digests = settings.api_key_digests()
     if digests:
         app.add_middleware(ApiKeyAuth, digests=digests)
