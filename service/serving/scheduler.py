@@ -165,11 +165,9 @@ class Scheduler:
 
     def _leave(self, work: _Work, error: GlassboxError) -> None:
         """The waiter gives up: the work is skipped if still queued, stopped at its next checkpoint if not."""
-        work.abandoned.set()
+        work.abandoned.set()  # counted in WORK_STOPPED when the model thread stops it (or skips it)
         if not work.future.done():
             work.future.set_exception(error)
-            if isinstance(error, ClientClosedRequest):
-                WORK_STOPPED.labels(model=self.lm.name, kind=work.kind, reason="cancelled").inc()
 
     def _notify(self) -> None:
         with self._cv:
