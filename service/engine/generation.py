@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from service.engine.detokenize import IncrementalDetokenizer
-from service.engine.sampling import Pick, Sampler, SamplingParams, pick
+from service.engine.sampling import Pick, Sampler, SamplingParams
 from service.models.loaded import LoadedModel
 
 
@@ -120,13 +120,6 @@ class SequenceDecoder:
     def sampler(self) -> Sampler:
         """What :func:`~service.engine.sampling.pick` needs to choose this sequence's next token."""
         return self.params, self._generator
-
-    def push(self, logits: torch.Tensor) -> bool:
-        """Choose the next token from this sequence's 1-D next-token logits; True when the sequence ended.
-
-        The one-sequence path (``generate`` below); the batcher picks for all rows at once and calls ``accept``.
-        """
-        return self.accept(pick(logits.unsqueeze(0), [self.sampler])[0])
 
     def accept(self, chosen: Pick) -> bool:
         """Append the chosen token (plain values, already on the host); True when the sequence ended."""
