@@ -136,3 +136,47 @@ def test_queued_work_answers_its_deadline_while_other_work_runs(tiny_lm: LoadedM
 
     error, still_running = asyncio.run(scenario())
     assert isinstance(error, DeadlineExceeded) and still_running
+
+
+def test_an_uninterruptible_stretch_is_repaid_with_several_decode_ticks(tiny_lm: LoadedModel) -> None:
+    """Time share is an account: after work ran 10 ms without an interleaving checkpoint (as a vmapped
+    backward pass does), generation gets about twice that before the work goes on, not a single tick."""
+    prompt = build_prompt(tiny_lm.tokenizer, prompt="Hello").ids
+    params = SamplingParams(max_new_tokens=200, temperature=0.0)
+    turns: list[int] = []
+
+    def work(checkpoint: Checkpoint) -> None:
+        import time
+
+        for _ in range(3):
+            busy_until = time.perf_counter() + 0.01
+            while time.perf_counter() < busy_until:
+                checkpoint(interleave=False)  # inside a backward pass: stop checks only
+            before = ticks
+            checkpoint()
+            turns.append(ticks - before)
+
+    ticks = 0
+
+    async def scenario() -> None:
+        nonlocal ticks
+        scheduler = Scheduler(tiny_lm, max_batch_size=4)  # the default share: work 1/3, generation 2/3
+        tick = scheduler.batcher.tick
+
+        def counting() -> None:
+            nonlocal ticks
+            ticks += 1
+            tick()
+
+        scheduler.batcher.tick = counting  # type: ignore[method-assign]
+        try:
+            generation = asyncio.ensure_future(scheduler.batcher.generate(prompt, params))
+            await asyncio.sleep(0.05)  # the row is decoding
+            await scheduler.run(work, deadline=None)
+            generation.cancel()
+        finally:
+            await scheduler.close()
+
+    asyncio.run(scenario())
+    assert len(turns) == 3
+    assert min(turns) >= 2, turns  # one tick per checkpoint was the old rule
