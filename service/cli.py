@@ -38,7 +38,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    import uvicorn
+    try:
+        import torch  # noqa: F401
+        import uvicorn
+    except ImportError as exc:  # a client-only install (`pip install glassbox`)
+        raise SystemExit(f'glassbox serve needs: pip install "glassbox[server]" ({exc})') from exc
 
     from service.api.app import create_app
     from service.observability.logging import configure_logging

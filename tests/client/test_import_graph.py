@@ -38,3 +38,44 @@ def test_cli_help_runs_without_the_model_stack() -> None:
     )
     modules = _imported(code)
     assert "service.cli" in modules and not [m for m in modules if m.split(".")[0] in HEAVY]
+
+
+def _closure(requirements: list[str]) -> set[str]:
+    """Every distribution that installing ``requirements`` pulls (from the installed packages' metadata)."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    from packaging.requirements import Requirement
+
+    seen: set[str] = set()
+    todo = [Requirement(r) for r in requirements]
+    while todo:
+        req = todo.pop()
+        name = req.name.lower().replace("_", "-")
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            nested = requires(req.name) or []
+        except PackageNotFoundError:
+            continue
+        for line in nested:
+            child = Requirement(line)
+            wanted = {"extra": ""}  # a dependency's own extras are not asked for
+            if child.marker is None or child.marker.evaluate(wanted):
+                todo.append(child)
+    return seen
+
+
+def test_the_base_distribution_is_the_client_and_pulls_no_model_stack() -> None:
+    """`pip install glassbox` is the client-only install; the server is the `server` extra."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    declared = requires("glassbox") or []
+    base = [r for r in declared if Requirement(r).marker is None]
+    server = [Requirement(r).name for r in declared if Requirement(r).marker and "server" in str(Requirement(r).marker)]
+    pulled = _closure(base)
+    assert {"httpx", "pydantic", "numpy", "rich"} <= pulled
+    assert not pulled & {"torch", "transformers", "accelerate", "safetensors", "fastapi", "uvicorn"}, pulled
+    assert {"torch", "transformers", "fastapi", "uvicorn"} <= set(server)
