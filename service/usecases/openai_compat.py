@@ -11,7 +11,6 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from typing import Any
 
 from schemas.common import Token
@@ -32,30 +31,22 @@ from schemas.openai import (
     TopLogprob,
     Usage,
 )
-from service.cache import CacheOutcome, ResponseCache
+from service.cache import CacheOutcome
 from service.models.loaded import LoadedModel
 from service.models.registry import ModelRegistry
-from service.serving import Deadline, Serving
-from service.settings import Settings
+from service.serving import Deadline
 from service.usecases.caching import ENGINE_VERSION, cached, key_for
 from service.usecases.generate import generate_once
 from service.usecases.openai_requests import chat_to_native, completion_prompts, completion_to_native
+from service.usecases.request_context import RequestContext
 from service.usecases.token_bytes import TokenBytes
 
 #: Native finish reasons → OpenAI's (a stop string is OpenAI's `stop`).
 FINISH = {"stop": "stop", "stop_sequence": "stop", "length": "length"}
 
 
-@dataclass(frozen=True)
-class Context:
-    """What every /v1 call needs to run the native use cases."""
-
-    registry: ModelRegistry
-    settings: Settings
-    cache: ResponseCache
-    serving: Serving
-    deadline: Deadline
-    cache_control: str | None
+#: What every /v1 call needs to run the native use cases.
+Context = RequestContext
 
 
 def system_fingerprint(lm: LoadedModel) -> str:

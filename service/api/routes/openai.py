@@ -11,20 +11,17 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
 from schemas.openai import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest, Model, ModelList
-from service.api.deadline import RequestDeadline, get_serving
-from service.api.deps import get_cache, get_registry, get_settings
+from service.api.context import Ctx
+from service.api.deps import get_registry
 from service.api.errors import ERROR_RESPONSES
-from service.cache import ResponseCache
 from service.errors import DeadlineExceeded, InvalidRequest, OutOfMemory
 from service.models.registry import ModelRegistry
-from service.serving import Serving
-from service.settings import Settings
 from service.usecases import openai_compat as usecase
 from service.usecases.openai_requests import log_unknown_fields
 from service.usecases.openai_stream import DONE, ChatStream, Comment, StreamOut, open_chat_stream
@@ -46,19 +43,6 @@ async def no_retry_on_deterministic(call: Awaitable[T]) -> T:
         exc.headers = {**exc.headers, "x-should-retry": "false"}
         raise
 
-
-async def context(
-    registry: Annotated[ModelRegistry, Depends(get_registry)],
-    settings: Annotated[Settings, Depends(get_settings)],
-    cache: Annotated[ResponseCache, Depends(get_cache)],
-    serving: Annotated[Serving, Depends(get_serving)],
-    deadline: RequestDeadline,
-    cache_control: Annotated[str | None, Header(description="`no-cache` skips the read, `no-store` the write.")] = None,
-) -> usecase.Context:
-    return usecase.Context(registry, settings, cache, serving, deadline, cache_control)
-
-
-Ctx = Annotated[usecase.Context, Depends(context)]
 
 _STREAM_DOC = {
     "description": "The completion; with `stream: true`, `text/event-stream` of `data:` lines, each a "
