@@ -167,10 +167,12 @@ def test_generate_cancel_stops_at_next_token(tiny_lm: LoadedModel) -> None:
     out = generate(
         tiny_lm,
         prompt,
-        SamplingParams(max_new_tokens=50, temperature=1.0, seed=5),
+        SamplingParams(max_new_tokens=50, temperature=1.0, seed=1),
         on_token=lambda token: (count.append(token), len(count) >= 3 and deadline.cancel()),
         deadline=deadline,
     )
+    # seed 1's first tokens are whole characters, so each is streamed as it is chosen
+    assert all(t.text for t in out.tokens[:3]), out.tokens
     assert out.finish_reason == "cancelled" and len(out.tokens) == 3
 
 
@@ -191,3 +193,21 @@ def test_prompt_chat_injected_system_text_belongs_to_no_message(tiny_lm: LoadedM
             assert prompt.message_index[k] is None and prompt.template[k], (k, start, injected)
         elif start < prompt.messages[0][1]:
             assert prompt.message_index[k] == 0
+
+
+def test_streamed_text_includes_an_incomplete_character_flushed_at_the_end(tiny_lm: LoadedModel) -> None:
+    """Before: the last token's held-back bytes (decoded to U+FFFD at the end) went into the final text but
+    never into the stream, since that token had been streamed with empty text."""
+    from service.engine.generation import SequenceDecoder
+    from service.engine.sampling import Pick
+
+    tok = tiny_lm.tokenizer
+    lead = next(i for i in range(tok.vocab_size) if tok.decode([i]) == "\ufffd")  # half of a UTF-8 character
+    word = tok.encode("Hi", add_special_tokens=False)
+    streamed: list[str] = []
+    decoder = SequenceDecoder(tiny_lm, SamplingParams(max_new_tokens=len(word) + 1), lambda t: streamed.append(t.text))
+    for token_id in [*word, lead]:
+        decoder.accept(Pick(token_id, 0.0, []))
+    out = decoder.finish(0.0, 0.0)
+    assert out.text.endswith("\ufffd")
+    assert "".join(streamed) == out.text

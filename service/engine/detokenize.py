@@ -21,6 +21,11 @@ class IncrementalDetokenizer:
         self._read = 0
         self.text = ""
 
+    @property
+    def settled(self) -> int:
+        """Tokens whose text is final; those after them hold an incomplete character (flushed at the end)."""
+        return self._read
+
     def _decode(self, ids: list[int]) -> str:
         return str(self._tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False))
 

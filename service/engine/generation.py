@@ -136,8 +136,9 @@ class SequenceDecoder:
         if self._on_token is not None:
             safe = self._watcher.safe_length(self._detok.text)
             tokens = self.tokens
+            settled = min(len(tokens), self._detok.settled)  # a held-back token may still get text at the end
             while (
-                self._streamed < len(tokens)
+                self._streamed < settled
                 and tokens[self._streamed].offset + len(tokens[self._streamed].text) <= safe
             ):
                 self._on_token(tokens[self._streamed])
