@@ -137,10 +137,7 @@ class SequenceDecoder:
             safe = self._watcher.safe_length(self._detok.text)
             tokens = self.tokens
             settled = min(len(tokens), self._detok.settled)  # a held-back token may still get text at the end
-            while (
-                self._streamed < settled
-                and tokens[self._streamed].offset + len(tokens[self._streamed].text) <= safe
-            ):
+            while self._streamed < settled and tokens[self._streamed].offset + len(tokens[self._streamed].text) <= safe:
                 self._on_token(tokens[self._streamed])
                 self._streamed += 1
         if len(self.tokens) == self.params.max_new_tokens:
