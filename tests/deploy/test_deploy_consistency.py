@@ -431,7 +431,7 @@ def test_cuda_variant_differs_only_in_torch_build() -> None:
     server = pyproject["project"]["optional-dependencies"]["server"]
     torch_spec = next(Requirement(d) for d in server if d.startswith("torch"))
     assert torch_spec.specifier.contains(torch_version.group(1)), f"{torch_version.group(1)} vs {torch_spec}"
-    assert '".[server]"' in text, "the image does not install the server extra"
+    assert '"./[server]"' in text, "the image does not install the server extra"
     model_extra = pyproject["project"]["optional-dependencies"]["model"]
     assert any(f'"{req}"' in text for req in model_extra), f"the image does not install {model_extra}"
 
