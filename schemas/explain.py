@@ -14,7 +14,14 @@ from schemas.inputs import InputFields, SamplingFields
 
 #: Attribution methods, each one small module in ``service/explain/methods`` (a test keeps both in step).
 MethodName = Literal[
-    "attention", "attention_rollout", "saliency", "input_x_gradient", "integrated_gradients", "occlusion"
+    "attention",
+    "attention_rollout",
+    "saliency",
+    "input_x_gradient",
+    "integrated_gradients",
+    "occlusion",
+    "logit_lens",
+    "attention_gradient",
 ]
 METHOD_NAMES: tuple[str, ...] = MethodName.__args__  # type: ignore[attr-defined]
 
@@ -61,6 +68,10 @@ class IntegratedGradientsOptions(_Strict):
         if self.rule == "riemann_trapezoid" and self.n_steps < 2:
             raise ValueError("`riemann_trapezoid` needs n_steps >= 2")
         return self
+
+
+class LogitLensOptions(_Strict):
+    top_k: int = Field(5, ge=0, le=100, description="Top tokens (ids and log-probabilities) per layer and target.")
 
 
 class Segment(_Strict):
@@ -140,6 +151,7 @@ class ExplainOptions(_Strict):
     attention: AttentionOptions = Field(default_factory=AttentionOptions)
     attention_rollout: RolloutOptions = Field(default_factory=RolloutOptions)
     integrated_gradients: IntegratedGradientsOptions = Field(default_factory=IntegratedGradientsOptions)
+    logit_lens: LogitLensOptions = Field(default_factory=LogitLensOptions)
 
     @model_validator(mode="after")
     def _consistent(self) -> ExplainOptions:

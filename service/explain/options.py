@@ -23,3 +23,8 @@ class IntegratedGradientsParams:
     n_steps: int = 16
     baseline: str = "zero"
     rule: str = "gausslegendre"
+
+
+@dataclass(frozen=True)
+class LogitLensParams:
+    top_k: int = 5

@@ -20,7 +20,7 @@ from service.explain import methods as registry
 from service.explain.engine import total_units
 from service.explain.methods.attention import resolve
 from service.explain.methods.gradient import shared_gradient_cost
-from service.explain.options import AttentionParams, IntegratedGradientsParams, RolloutParams
+from service.explain.options import AttentionParams, IntegratedGradientsParams, LogitLensParams, RolloutParams
 from service.explain.task import Chunks, Task
 from service.explain.units import SourceToken, Unit, build_units, resolve_segments
 from service.models.calibrate import Speed
@@ -54,6 +54,8 @@ def engine_options(options: ExplainOptions, name: str) -> Any:
     if name == "integrated_gradients":
         ig = options.integrated_gradients
         return IntegratedGradientsParams(ig.n_steps, ig.baseline, ig.rule)
+    if name == "logit_lens":
+        return LogitLensParams(options.logit_lens.top_k)
     return None
 
 

@@ -1,15 +1,25 @@
 """Attribution methods, one module each; importing this package registers them all."""
 
-from service.explain.methods import attention, gradient, integrated_gradients, occlusion, rollout
+from service.explain.methods import (
+    attention,
+    attention_gradient,
+    gradient,
+    integrated_gradients,
+    logit_lens,
+    occlusion,
+    rollout,
+)
 from service.explain.methods.base import Method, MethodOutput, get, names
 
 __all__ = [
     "Method",
     "MethodOutput",
     "attention",
+    "attention_gradient",
     "get",
     "gradient",
     "integrated_gradients",
+    "logit_lens",
     "names",
     "occlusion",
     "rollout",
