@@ -22,6 +22,7 @@ MethodName = Literal[
     "occlusion",
     "logit_lens",
     "attention_gradient",
+    "shapley",
 ]
 METHOD_NAMES: tuple[str, ...] = MethodName.__args__  # type: ignore[attr-defined]
 
@@ -72,6 +73,14 @@ class IntegratedGradientsOptions(_Strict):
 
 class LogitLensOptions(_Strict):
     top_k: int = Field(5, ge=0, le=100, description="Top tokens (ids and log-probabilities) per layer and target.")
+
+
+class ShapleyOptions(_Strict):
+    n_samples: int = Field(32, ge=1, le=4096, description="Sampled permutations of the units (the cost grows with it).")
+    masking: Literal["delete", "replace"] = Field(
+        "delete", description="A unit outside the coalition: removed (`delete`) or replaced by the pad token."
+    )
+    seed: int = Field(0, ge=0, description="Seed of the permutation sampler (same seed, same values).")
 
 
 class Segment(_Strict):
@@ -152,6 +161,7 @@ class ExplainOptions(_Strict):
     attention_rollout: RolloutOptions = Field(default_factory=RolloutOptions)
     integrated_gradients: IntegratedGradientsOptions = Field(default_factory=IntegratedGradientsOptions)
     logit_lens: LogitLensOptions = Field(default_factory=LogitLensOptions)
+    shapley: ShapleyOptions = Field(default_factory=ShapleyOptions)
 
     @model_validator(mode="after")
     def _consistent(self) -> ExplainOptions:

@@ -28,3 +28,10 @@ class IntegratedGradientsParams:
 @dataclass(frozen=True)
 class LogitLensParams:
     top_k: int = 5
+
+
+@dataclass(frozen=True)
+class ShapleyParams:
+    n_samples: int = 32
+    masking: str = "delete"
+    seed: int = 0

@@ -20,7 +20,13 @@ from service.explain import methods as registry
 from service.explain.engine import total_units
 from service.explain.methods.attention import resolve
 from service.explain.methods.gradient import shared_gradient_cost
-from service.explain.options import AttentionParams, IntegratedGradientsParams, LogitLensParams, RolloutParams
+from service.explain.options import (
+    AttentionParams,
+    IntegratedGradientsParams,
+    LogitLensParams,
+    RolloutParams,
+    ShapleyParams,
+)
 from service.explain.task import Chunks, Task
 from service.explain.units import SourceToken, Unit, build_units, resolve_segments
 from service.models.calibrate import Speed
@@ -56,6 +62,9 @@ def engine_options(options: ExplainOptions, name: str) -> Any:
         return IntegratedGradientsParams(ig.n_steps, ig.baseline, ig.rule)
     if name == "logit_lens":
         return LogitLensParams(options.logit_lens.top_k)
+    if name == "shapley":
+        sv = options.shapley
+        return ShapleyParams(sv.n_samples, sv.masking, sv.seed)
     return None
 
 

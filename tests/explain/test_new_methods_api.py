@@ -32,10 +32,13 @@ def test_logit_lens_through_the_api(client):
         {"logit_lens": {"top_k": -1}},
         {"logit_lens": {"top_k": 101}},
         {"logit_lens": {"k": 3}},
+        {"shapley": {"n_samples": 0}},
+        {"shapley": {"masking": "blur"}},
+        {"shapley": {"seed": -1}},
     ],
 )
 def test_bad_new_method_option_is_a_422(client, option):
-    r = _post(client, methods=["logit_lens"], **option)
+    r = _post(client, methods=[*option], **option)
     assert r.status_code == 422, r.text
 
 
@@ -53,3 +56,23 @@ def test_attention_gradient_through_the_api_with_a_contrast(client):
 def test_attention_gradient_takes_no_options(client):
     r = _post(client, methods=["attention_gradient"], attention_gradient={"heads": "max"})
     assert r.status_code == 422, r.text
+
+
+@pytest.mark.parametrize("masking", ["delete", "replace"])
+def test_shapley_through_the_api(client, masking):
+    r = _post(client, methods=["shapley"], granularity="word", shapley={"n_samples": 4, "masking": masking})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    result = body["methods"]["shapley"]
+    assert result["tokens"]["shape"] == [len(body["rows"]), len(body["sources"])]
+    assert result["sequence"]["shape"] == [body["sequence_sources"]]
+    params = result["params"]
+    assert params["players"] == body["sequence_sources"] and params["efficiency"]["gap"] < 1e-6
+    assert params["masking"] == masking and params["n_samples"] == 4
+
+
+def test_shapley_with_a_contrast_through_the_api(client):
+    r = _post(client, methods=["shapley"], granularity="sentence", contrast="Lyon.", shapley={"n_samples": 3})
+    assert r.status_code == 200, r.text
+    eff = r.json()["methods"]["shapley"]["params"]["efficiency"]
+    assert eff["gap"] < 1e-6

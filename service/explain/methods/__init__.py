@@ -8,6 +8,7 @@ from service.explain.methods import (
     logit_lens,
     occlusion,
     rollout,
+    shapley,
 )
 from service.explain.methods.base import Method, MethodOutput, get, names
 
@@ -23,4 +24,5 @@ __all__ = [
     "names",
     "occlusion",
     "rollout",
+    "shapley",
 ]
