@@ -81,6 +81,11 @@ class ShapleyOptions(_Strict):
         "delete", description="A unit outside the coalition: removed (`delete`) or replaced by the pad token."
     )
     seed: int = Field(0, ge=0, description="Seed of the permutation sampler (same seed, same values).")
+    exact: bool = Field(
+        True,
+        description="Enumerate every coalition (exact values) when there are no more of them than sampling "
+        "could run, i.e. 2^units <= n_samples x (units - 1) + 2.",
+    )
 
 
 class Segment(_Strict):

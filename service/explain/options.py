@@ -35,3 +35,4 @@ class ShapleyParams:
     n_samples: int = 32
     masking: str = "delete"
     seed: int = 0
+    exact: bool = True  # enumerate every coalition when that costs no more than sampling

@@ -64,7 +64,7 @@ def engine_options(options: ExplainOptions, name: str) -> Any:
         return LogitLensParams(options.logit_lens.top_k)
     if name == "shapley":
         sv = options.shapley
-        return ShapleyParams(sv.n_samples, sv.masking, sv.seed)
+        return ShapleyParams(sv.n_samples, sv.masking, sv.seed, sv.exact)
     return None
 
 

@@ -57,7 +57,7 @@ def _run(model, ids, **params):
 
 @pytest.mark.parametrize("masking", ["delete", "replace"])
 def test_shapley_matches_exact_enumeration_within_its_sampling_error(model, ids, masking):
-    task, out = _run(model, ids, n_samples=48, masking=masking, seed=3)
+    task, out = _run(model, ids, n_samples=48, masking=masking, seed=3, exact=False)
     exact = _exact(model, ids, masking, list(task.rows))
     assert out.tokens is not None and out.sequence is not None
     error = np.array(out.params["standard_error"])
@@ -69,13 +69,27 @@ def test_shapley_matches_exact_enumeration_within_its_sampling_error(model, ids,
 
 def test_shapley_with_every_permutation_is_exact(model, ids):
     """With many samples every one of the 4! orders is drawn and the estimate converges to enumeration."""
-    task, out = _run(model, ids, n_samples=400, masking="replace")
+    task, out = _run(model, ids, n_samples=400, masking="replace", exact=False)
     exact = _exact(model, ids, "replace", list(task.rows))
     np.testing.assert_allclose(out.sequence, exact[-1], atol=3 * np.max(out.params["sequence_standard_error"]) + 1e-9)
 
 
-def test_shapley_is_efficient(model, ids):
-    _, out = _run(model, ids, n_samples=5)
+@pytest.mark.parametrize("masking", ["delete", "replace"])
+def test_shapley_enumerates_exactly_when_that_is_no_dearer(model, ids, masking):
+    task, out = _run(model, ids, n_samples=5, masking=masking)  # 2^4 = 16 coalitions <= 5 x 3 + 2
+    assert out.params["coalitions"] == 16 and out.params["estimator"].startswith("exact")
+    exact = _exact(model, ids, masking, list(task.rows))
+    assert out.tokens is not None
+    np.testing.assert_allclose(out.tokens[:, :4], exact[:-1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.sequence, exact[-1], rtol=1e-5, atol=1e-6)
+    assert np.array(out.params["standard_error"]).max() == 0
+    _, sampled = _run(model, ids, n_samples=4, masking=masking)  # 16 > 4 x 3 + 2: sampling
+    assert sampled.params["estimator"].startswith("permutation")
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_shapley_is_efficient(model, ids, exact):
+    _, out = _run(model, ids, n_samples=5, exact=exact)
     eff = out.params["efficiency"]
     assert eff["gap"] < 1e-9
     np.testing.assert_allclose(
@@ -86,7 +100,7 @@ def test_shapley_is_efficient(model, ids):
 
 
 def test_shapley_agrees_with_captum_on_the_same_function(model, ids):
-    task, out = _run(model, ids, n_samples=64, masking="replace", seed=1)
+    task, out = _run(model, ids, n_samples=64, masking="replace", seed=1, exact=False)
     rows = list(task.rows)
 
     def forward(mask: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ standard error over the permutations. Scores are signed: positive means the unit
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import random
 from collections.abc import Callable
@@ -66,6 +67,28 @@ def estimate(orders: list[list[int]], values: dict[Coalition, torch.Tensor]) -> 
     stacked = torch.stack(samples)  # [m, k, players]
     error = stacked.std(0, correction=1) / math.sqrt(len(orders)) if len(orders) > 1 else torch.full_like(phi, math.nan)
     return stacked.mean(0), error
+
+
+def enumerates(players: int, opts: ShapleyParams) -> bool:
+    """Exact enumeration when every coalition costs no more forwards than sampling could."""
+    return opts.exact and 2**players <= opts.n_samples * max(0, players - 1) + 2
+
+
+def every_coalition(players: int) -> list[Coalition]:
+    return [frozenset(c) for k in range(players + 1) for c in itertools.combinations(range(players), k)]
+
+
+def exact_values(values: dict[Coalition, torch.Tensor], players: int) -> torch.Tensor:
+    """[k, players] by the Shapley formula over every coalition."""
+    phi = torch.zeros(*values[frozenset()].shape, players, dtype=torch.float64)
+    for coalition, value in values.items():
+        size = len(coalition)
+        for player in range(players):
+            if player in coalition:
+                continue
+            weight = math.factorial(size) * math.factorial(players - size - 1) / math.factorial(players)
+            phi[..., player] += weight * (values[coalition | {player}] - value)
+    return phi
 
 
 def _players(task: Task) -> list[tuple[int, ...]]:
@@ -128,7 +151,9 @@ class Shapley(Method):
     def _coalitions(self, task: Task) -> int:
         opts: ShapleyParams = task.methods[self.name]
         n = len(_players(task))
-        return len(coalitions(permutations(n, opts.n_samples, opts.seed), n)) if n else 0
+        if not n:
+            return 0
+        return 2**n if enumerates(n, opts) else len(coalitions(permutations(n, opts.n_samples, opts.seed), n))
 
     def cost(self, shape: Shape, dims: ModelDims, options: Any) -> Cost:
         opts: ShapleyParams = options
@@ -154,12 +179,17 @@ class Shapley(Method):
             "masking_rule": {"delete": "masked units are removed", "replace": "masked units become the pad token"}[
                 opts.masking
             ],
-            "estimator": "permutation sampling; standard_error is the sampling error of each value",
         }
         if not players:
             return MethodOutput(tokens=None, sequence=None, over_units=True, params=params)
+        exact = enumerates(len(players), opts)
         orders = permutations(len(players), opts.n_samples, opts.seed)
-        chosen = coalitions(orders, len(players))
+        chosen = every_coalition(len(players)) if exact else coalitions(orders, len(players))
+        params["estimator"] = (
+            "exact enumeration of every coalition (no more forwards than sampling); standard_error is 0"
+            if exact
+            else "permutation sampling; standard_error is the sampling error of each value"
+        )
         rows = list(task.rows) if "tokens" in task.scopes else []
         span = list(range(*task.span)) if "sequence" in task.scopes else []
         targets = sorted(set(rows) | set(span))
@@ -186,7 +216,11 @@ class Shapley(Method):
             other = coalition_values(ctx, contrast, positions, players, chosen, contrast_score, opts.masking)
             for c in values:
                 values[c] = torch.cat([values[c][:-1], values[c][-1:] - other[c]])
-        phi, error = estimate(orders, values)  # [k, players]
+        if exact:
+            phi = exact_values(values, len(players))
+            error = torch.zeros_like(phi)
+        else:
+            phi, error = estimate(orders, values)  # [k, players]
         tokens = sequence = None
         columns = [task.units.index(unit) for unit in players]
         if rows:
