@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.glassbox-installed
 TORCH_INDEX_ARGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: setup browser serve test pytest test-fast lint format bench-explain bench-cache bench-serve loadtest check-deploy clean
+.PHONY: setup browser serve test pytest test-fast lint format bench-explain bench-methods bench-cache bench-serve loadtest check-deploy clean
 
 setup: $(STAMP)
 
@@ -54,6 +54,9 @@ format: $(STAMP)
 
 bench-explain: $(STAMP)
 	PYTHONPATH=. $(BIN)/python bench/bench_explain.py
+
+bench-methods: $(STAMP)
+	PYTHONPATH=. $(BIN)/python bench/bench_methods.py
 
 bench-cache: $(STAMP)
 	PYTHONPATH=. $(BIN)/python bench/bench_cache.py
