@@ -10,12 +10,23 @@ import numpy as np
 from service.explain.units import Unit
 
 #: Which method speaks for the summary when several ran (most faithful first).
-PREFERENCE = ("integrated_gradients", "occlusion", "input_x_gradient", "saliency", "attention_rollout", "attention")
+PREFERENCE = (
+    "shapley",
+    "integrated_gradients",
+    "occlusion",
+    "input_x_gradient",
+    "saliency",
+    "attention_gradient",
+    "attention_rollout",
+    "attention",
+)
 LABELS = {
+    "shapley": "Shapley values",
     "integrated_gradients": "integrated gradients",
     "occlusion": "occlusion",
     "input_x_gradient": "input × gradient",
     "saliency": "saliency",
+    "attention_gradient": "gradient-weighted attention",
     "attention_rollout": "attention rollout",
     "attention": "attention",
 }

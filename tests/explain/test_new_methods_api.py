@@ -69,6 +69,7 @@ def test_shapley_through_the_api(client, masking):
     params = result["params"]
     assert params["players"] == body["sequence_sources"] and params["efficiency"]["gap"] < 1e-6
     assert params["masking"] == masking and params["n_samples"] == 4
+    assert "Shapley values" in body["summary"]
 
 
 def test_shapley_with_a_contrast_through_the_api(client):
