@@ -180,7 +180,7 @@ class Shapley(Method):
                 opts.masking
             ],
         }
-        if not players:
+        if not players or not (("tokens" in task.scopes and task.rows) or "sequence" in task.scopes):
             return MethodOutput(tokens=None, sequence=None, over_units=True, params=params)
         exact = enumerates(len(players), opts)
         orders = permutations(len(players), opts.n_samples, opts.seed)
