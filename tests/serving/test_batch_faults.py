@@ -20,10 +20,13 @@ from transformers.cache_utils import DynamicLayer
 from service.engine.generation import GenerationOutput
 from service.engine.prompt import build_prompt
 from service.engine.sampling import SamplingParams
-from service.errors import GlassboxError
+from service.errors import DeadlineExceeded, GlassboxError
 from service.models.loaded import LoadedModel
+from service.serving import batcher as batcher_module
 from service.serving.batcher import Batcher
+from service.serving.deadline import Deadline
 from service.serving.kv_batch import is_mergeable
+from service.serving.scheduler import Scheduler
 from tests.serving.conftest import wait_for
 from tests.support.run import generate
 
@@ -172,3 +175,33 @@ def test_api_unmergeable_cache_answers_everyone_and_frees_every_slot(
     later = client.post("/generate", json={"prompt": "Hello", "max_new_tokens": 3})
     assert later.status_code == 200, later.text
     assert _inflight(client) == 0
+
+
+def test_batcher_request_is_answered_by_its_deadline_even_if_the_model_thread_is_stuck(
+    tiny_lm: LoadedModel,
+) -> None:
+    """A forward pass that does not return for long cannot hold a request past its deadline + the grace."""
+    release = threading.Event()
+
+    def stuck(forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        release.wait(10)
+        return forward(*args, **kwargs)
+
+    async def scenario() -> tuple[BaseException | None, float]:
+        scheduler = Scheduler(tiny_lm, max_batch_size=4)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        error: BaseException | None = None
+        try:
+            await scheduler.batcher.generate(ids(tiny_lm, "Hello"), GREEDY, deadline=Deadline(0.2))
+        except DeadlineExceeded as exc:
+            error = exc
+        waited = loop.time() - started
+        release.set()
+        await scheduler.close()
+        return error, waited
+
+    with forward_wrapped(tiny_lm, stuck):
+        error, waited = asyncio.run(scenario())
+    assert isinstance(error, DeadlineExceeded) and error.status == 504
+    assert waited < 0.2 + batcher_module._DEADLINE_GRACE_S + 1, waited
