@@ -15,6 +15,8 @@ from service.errors import GlassboxError
 
 log = logging.getLogger(__name__)
 
+INTERNAL_ERROR_MESSAGE = "internal error; it has been logged"
+
 #: Starlette's own errors. A 400 is a body that failed before or during JSON decoding (invalid UTF-8, a
 #: compressed body, nesting too deep for the parser, an integer past Python's digit limit): malformed.
 _HTTP_TYPES = {
@@ -102,7 +104,9 @@ def install_error_handlers(app: FastAPI) -> None:
         type_ = _HTTP_TYPES.get(exc.status_code, "http_error")
         return error_response(exc.status_code, type_, str(exc.detail), headers=dict(exc.headers or {}))
 
+    # The route's own failures are answered by the UnexpectedErrors middleware (which keeps the connection);
+    # this one is left for a failure in the middleware above it, which Starlette answers and then re-raises.
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return error_response(500, "internal_error", "internal error; it has been logged")
+        return error_response(500, "internal_error", INTERNAL_ERROR_MESSAGE)

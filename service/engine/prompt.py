@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from jinja2 import TemplateError, TemplateSyntaxError
 from transformers import PreTrainedTokenizerBase
 
 from schemas.common import ChatMessage
@@ -53,10 +54,43 @@ def _tokenize(tokenizer: PreTrainedTokenizerBase, text: str, *, add_special: boo
 
 
 def _render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[ChatMessage], generation: bool) -> str:
-    rendered = tokenizer.apply_chat_template(
-        [m.model_dump() for m in messages], tokenize=False, add_generation_prompt=generation
-    )
+    """The template's rendering. A template that refuses the conversation (``raise_exception``, e.g. Gemma 2's
+    "System role not supported") is the client's problem: a 422 with the template's own message. A template
+    that does not parse is the server's (a 500)."""
+    try:
+        rendered = tokenizer.apply_chat_template(
+            [m.model_dump() for m in messages], tokenize=False, add_generation_prompt=generation
+        )
+    except TemplateSyntaxError:
+        raise
+    except TemplateError as exc:
+        raise InvalidRequest(
+            f"the model's chat template refused these messages: {exc.message or exc}",
+            param="messages",
+            code="chat_template_error",
+        ) from exc
     return str(rendered)
+
+
+def _content_candidates(content: str) -> list[str]:
+    """What a message's content may look like in the rendering: itself, or trimmed the ways templates trim it
+    (Qwen3 drops an earlier assistant turn's ``<think>`` block and strips the rest; many templates ``trim``)."""
+    candidates = [content]
+    if "</think>" in content:
+        candidates.append(content.split("</think>")[-1].strip())
+    candidates.append(content.strip())
+    return [c for c in dict.fromkeys(candidates) if c]
+
+
+def _find_content(text: str, content: str, after_role: int, cursor: int) -> tuple[int, int]:
+    """The span of ``content`` (or of a trimmed form of it) in ``text``: after its role name, else after the
+    previous message; ``(-1, -1)`` when no form of it is there."""
+    for candidate in _content_candidates(content):
+        for lo in (after_role, cursor):
+            start = text.find(candidate, lo)
+            if start >= 0:
+                return start, start + len(candidate)
+    return -1, -1
 
 
 def _header_start(tokenizer: PreTrainedTokenizerBase, text: str, role: str, lo: int, content_start: int) -> int:
@@ -84,9 +118,11 @@ def _content_spans(
     """Each message's content span and its block (header start, end of its trailing template text).
 
     One pass over the rendered text, in linear time (rendering every prefix of the conversation, as this once
-    did, is quadratic: 1,000 messages took seconds): each message's header is found by its role name after the
-    previous message, its content after that header; a block ends where the next message's header begins, and
-    the last one where the conversation rendered without the generation prompt ends.
+    did, is quadratic: 1,000 messages took seconds, and wrong for templates whose rendering of a prefix is not
+    a prefix of the whole, as Qwen3's with its ``<think>`` handling): each message's header is found by its
+    role name after the previous message, its content (or its trimmed form) after that header; a block ends
+    where the next message's header begins, and the last one where the conversation rendered without the
+    generation prompt ends (or at the end, when that rendering is not a prefix of this one).
     """
     spans: list[tuple[int, int]] = []
     headers: list[int] = []
@@ -94,16 +130,12 @@ def _content_spans(
     for message in messages:
         role_at = text.find(message.role, cursor)
         after_role = role_at + len(message.role) if role_at >= 0 else cursor
-        start = -1
-        if message.content:
-            start = text.find(message.content, after_role)
-            if start < 0:
-                start = text.find(message.content, cursor)
+        start, end = _find_content(text, message.content, after_role, cursor) if message.content else (-1, -1)
         if start < 0:
             spans.append((after_role, after_role))
             header = _header_start(tokenizer, text, message.role, cursor, after_role) if role_at >= 0 else cursor
         else:
-            spans.append((start, start + len(message.content)))
+            spans.append((start, end))
             header = _header_start(tokenizer, text, message.role, cursor, start)
         headers.append(header)
         cursor = max(cursor, spans[-1][1])

@@ -26,13 +26,17 @@ import torch
 
 from service.engine.generation import GeneratedToken, GenerationOutput, SequenceDecoder
 from service.engine.sampling import Pick, SamplingParams, pick
-from service.errors import GlassboxError, ShuttingDown
+from service.errors import DeadlineExceeded, GlassboxError, ShuttingDown
 from service.metrics import BATCH_SIZE, TIME_PER_OUTPUT_TOKEN, TIME_TO_FIRST_TOKEN, TOKENS
 from service.models.loaded import LoadedModel, as_oom_error, is_oom
 from service.serving.deadline import Deadline
 from service.serving.kv_batch import KVBatch, is_mergeable
 
 log = logging.getLogger(__name__)
+
+#: Seconds past its deadline that a request waits for the model thread to answer it before it answers
+#: itself (a model thread stuck in one forward pass cannot hold a request past its deadline for long).
+_DEADLINE_GRACE_S = 2.0
 
 #: Prompt tokens prefilled between two decode steps (at least one whole prompt): bounds the stall that
 #: joining requests cause to running streams.
@@ -54,6 +58,8 @@ class _Job:
     prefill_s: float = 0.0
     decode_started: float = 0.0
     abandoned: threading.Event = field(default_factory=threading.Event)
+    #: A prefilled cache that could not join the batch: the job waits to decode alone with it.
+    held: tuple[Any, int] | None = None
 
     def stop_reason(self) -> str | None:
         if self.abandoned.is_set():
@@ -115,10 +121,22 @@ class Batcher:
         self._pending.append(job)
         self._wake()
         try:
-            output = await job.future
+            if deadline is None:
+                output = await job.future
+            else:
+                # The model thread stops a row at its deadline; this bounds the wait even if it never does.
+                output = await asyncio.wait_for(asyncio.shield(job.future), deadline.remaining() + _DEADLINE_GRACE_S)
         except asyncio.CancelledError:
             job.abandoned.set()
+            job.future.cancel()  # shielded: cancel it here, so a late answer from the model thread is dropped
             raise
+        except TimeoutError:
+            job.abandoned.set()
+            job.future.cancel()
+            log.error("model %s: a generation was not answered by its deadline; it has been abandoned", self.lm.name)
+            raise DeadlineExceeded(
+                f"generation did not finish within the request's {deadline.timeout_s:g} s deadline"  # type: ignore[union-attr]
+            ) from None
         return output, job.queue_s
 
     @property
@@ -143,26 +161,48 @@ class Batcher:
 
     def tick(self) -> None:
         """Admit arrivals (prefill), then one decode step for every row. Call under inference mode."""
+        admitting: list[_Job] = []
         try:
-            self._admit()
+            self._reap_pending()
+            self._admit(admitting)
             if self._rows:
                 self._step()
-        except Exception as exc:  # a bug: fail everyone, keep the server up
+        except Exception as exc:  # a bug: fail everyone (the job being admitted too), keep the server up
             log.exception("batch step failed for model %s", self.lm.name)
+            for job in admitting:
+                self._fail(job, exc)
             self.fail_all(exc)
 
-    def _admit(self) -> None:
+    def _reap_pending(self) -> None:
+        """Answer queued requests whose client left or whose deadline passed while they wait (a full batch,
+        or one that decodes alone, can keep them queued for long)."""
+        stopped = [job for job in list(self._pending) if job.stop_reason() is not None]
+        for job in stopped:
+            with contextlib.suppress(ValueError):  # only this thread pops, but be safe
+                self._pending.remove(job)
+            job.queue_s = time.perf_counter() - job.enqueued
+            job.decoder.stop(job.stop_reason() or "cancelled")
+            self._finish(job)
+
+    def _admit(self, admitting: list[_Job]) -> None:
         budget = _PREFILL_TOKENS_PER_STEP
         while self._pending and len(self._rows) < self._capacity and budget > 0:
             job = self._pending.popleft()
-            job.queue_s = time.perf_counter() - job.enqueued
+            admitting[:] = [job]
+            job.queue_s = job.queue_s or time.perf_counter() - job.enqueued
             reason = job.stop_reason()
             if reason is not None:  # left or timed out while queued: no model time spent on it
                 job.decoder.stop(reason)
                 self._finish(job)
                 continue
+            if job.held is not None:  # prefilled earlier; its cache could not join, so it decodes alone now
+                cache, length = job.held
+                job.held = None
+                self._join(job, cache, length)
+                continue
             budget -= len(job.prompt_ids)
             self._prefill(job)
+        admitting.clear()
 
     def _forward(self, **inputs: Any) -> tuple[torch.Tensor, Any]:
         """Next-token logits [rows, vocab] and the cache (only the last position's logits where allowed)."""
@@ -194,7 +234,33 @@ class Batcher:
             return
         if self._push(job, chosen):
             return
-        self._kv.add(cache, len(job.prompt_ids))
+        self._join(job, cache, len(job.prompt_ids))
+
+    def _join(self, job: _Job, cache: Any, length: int) -> None:
+        """Add a prefilled row to the batch. A cache that passed the can-be-merged check but fails to merge
+        (MiniMax's holds layers without keys) does not fail the rows running: the model falls back to one
+        sequence at a time, and this job waits, with its cache, to decode alone after them."""
+        solo = self._mergeable is False
+        try:
+            self._kv.add(cache, length, solo=solo)
+        except Exception as exc:
+            if solo:
+                if not self._rows:
+                    self._kv.keep([])
+                self._fail(job, exc)
+                return
+            log.warning(
+                "model %s: cache type %s failed to merge (%r); one sequence at a time from now on",
+                self.lm.name,
+                type(cache).__name__,
+                exc,
+            )
+            self._mergeable, self._capacity = False, 1
+            if not self._rows:
+                self._kv.keep([])  # drop whatever the failed merge left
+            job.held = (cache, length)
+            self._pending.appendleft(job)
+            return
         self._rows.append(job)
 
     def _push(self, job: _Job, chosen: Pick) -> bool:
@@ -227,6 +293,9 @@ class Batcher:
         except Exception as exc:
             # The batch shares one forward pass: on failure (out of memory, typically) every row fails and
             # the cache is dropped, so the next request starts clean.
+            if not is_oom(exc) and not isinstance(exc, GlassboxError):
+                log.error("batched decode step failed for model %s (%d rows)", self.lm.name, len(rows), exc_info=exc)
+                exc = GlassboxError("generation failed in a batched decode step; the error has been logged")
             for job in rows:
                 self._fail(job, exc)
             self._rows = []

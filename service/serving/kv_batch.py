@@ -149,11 +149,14 @@ class KVBatch:
         """The per-layer key and value buffers (for tests: their storage stays put across joins and leaves)."""
         return [*self._keys, *self._values]
 
-    def add(self, cache: Cache, length: int) -> None:
-        """Append a row whose (solo, unpadded) cache holds ``length`` tokens."""
+    def add(self, cache: Cache, length: int, *, solo: bool = False) -> None:
+        """Append a row whose (solo, unpadded) cache holds ``length`` tokens; ``solo``: keep that cache as it is
+        and decode the row alone (for a cache known not to merge although it looks mergeable).
+
+        A failed merge leaves the rows already here as they were (nothing is counted before the copy)."""
         if self._solo_mask is not None:
             raise ValueError("a cache that cannot be merged decodes alone")
-        if not is_mergeable(cache):
+        if solo or not is_mergeable(cache):
             if self.lengths:
                 raise ValueError("a cache that cannot be merged decodes alone")
             self.cache, self.lengths = cache, [length]

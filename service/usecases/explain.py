@@ -93,8 +93,13 @@ def plan_for(
     )
 
 
-def contrast_of(lm: LoadedModel, options: ExplainOptions, param: str = "contrast") -> Answer | None:
-    return tokenize_continuation(lm.tokenizer, options.contrast, param) if options.contrast else None
+def contrast_of(
+    lm: LoadedModel, options: ExplainOptions, prompt: PromptTokens, param: str = "contrast"
+) -> Answer | None:
+    """The contrast's tokens as they follow the prompt (see ``tokenize_continuation``)."""
+    if not options.contrast:
+        return None
+    return tokenize_continuation(lm.tokenizer, options.contrast, param, after=prompt.text)
 
 
 def generation_seconds(lm: LoadedModel, prompt_len: int, max_new_tokens: int) -> float:
@@ -112,7 +117,7 @@ def precheck(
 ) -> float:
     """Refuse an over-budget explanation before generating (the answer costed at its longest, generation
     included); returns the estimated seconds."""
-    plan = plan_for(lm, settings, prompt, placeholder_answer(max_new_tokens), contrast_of(lm, options), options)
+    plan = plan_for(lm, settings, prompt, placeholder_answer(max_new_tokens), contrast_of(lm, options, prompt), options)
     estimate = plan.estimate_s + generation_seconds(lm, len(prompt), max_new_tokens)
     if deadline is not None:
         check_seconds(
@@ -141,10 +146,10 @@ async def explain(
         timings: dict[str, float] = {}
         started = time.perf_counter()
         prompt = await asyncio.to_thread(_tokenize, lm, settings, req)
-        contrast = contrast_of(lm, req)
+        contrast = contrast_of(lm, req, prompt)
         timings["tokenize"] = time.perf_counter() - started
         if req.target is not None:
-            answer = tokenize_continuation(lm.tokenizer, req.target, "target")
+            answer = tokenize_continuation(lm.tokenizer, req.target, "target", after=prompt.text)
         else:
             check_limits(lm, settings, prompt, req.max_new_tokens)
             estimate = precheck(lm, settings, prompt, req, req.max_new_tokens, deadline)

@@ -122,7 +122,7 @@ async def respond(
     )
     if req.explain is not None:
         answer = explain_usecase.answer_of(output, job.lm.special_ids)
-        contrast = explain_usecase.contrast_of(job.lm, req.explain, "explain.contrast")
+        contrast = explain_usecase.contrast_of(job.lm, req.explain, job.prompt, "explain.contrast")
         response.explanation = await explain_usecase.explain_answer(
             job.lm,
             job.settings,

@@ -1,6 +1,7 @@
 """Pure ASGI middleware (no BaseHTTPMiddleware: streams pass through untouched, disconnects stay visible).
 
-Order, outermost first: request id + access log → tracing → metrics → drain → auth → body size limit.
+Order, outermost first: request id + access log → tracing → metrics → drain → auth → body size limit →
+unexpected errors (a JSON 500 that keeps the keep-alive connection; counted and logged by all above).
 So every response, a 401 or a 503 included, carries ``X-Request-Id``, is logged, traced and counted,
 and an unauthenticated body is never buffered.
 """
@@ -15,12 +16,14 @@ from service.api.middleware.drain import DrainGate
 from service.api.middleware.metrics import HttpMetrics
 from service.api.middleware.request_id import RequestIdAndAccessLog
 from service.api.middleware.tracing import Tracing
+from service.api.middleware.unexpected import UnexpectedErrors
 from service.serving import Serving
 from service.settings import Settings
 
 
 def install_middleware(app: FastAPI, settings: Settings, serving: Serving, tracer_provider: object | None) -> None:
     """Add the stack; Starlette runs the last added outermost."""
+    app.add_middleware(UnexpectedErrors)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, read_timeout_s=settings.body_read_timeout_s)
     digests = settings.api_key_digests()
     if digests:
