@@ -79,6 +79,16 @@ def _unit_arrays(out: MethodOutput, plan: Plan, aggregation: str) -> tuple[np.nd
     return tokens, sequence
 
 
+def _with_token_texts(lm: LoadedModel, params: dict[str, Any]) -> dict[str, Any]:
+    """Token ids a method reports in its params (logit lens's top-k) gain their texts: a client has no vocabulary."""
+    ids = params.get("top_k_ids")
+    if not ids:
+        return params
+    decode = lm.tokenizer.convert_ids_to_tokens
+    texts = [[[lm.tokenizer.convert_tokens_to_string([t]) for t in decode(cell)] for cell in row] for row in ids]
+    return {**params, "top_k_tokens": texts}
+
+
 def build_response(
     lm: LoadedModel,
     prompt: PromptTokens,
@@ -97,7 +107,7 @@ def build_response(
         methods[name] = MethodResult(
             tokens=None if tokens is None else present.encode(tokens, [*lead, "target", "source"], **encode),
             sequence=None if sequence is None else present.encode(sequence, [*lead, "source"], **encode),
-            params=out.params,
+            params=_with_token_texts(lm, out.params),
             time_ms=round(result.timings.get(name, 0.0) * 1000, 2),
         )
         if not lead:

@@ -12,7 +12,7 @@ def _post(client, **body):
     return client.post("/explain", json={"messages": CHAT, "target": "Paris is nice.", **body})
 
 
-def test_logit_lens_through_the_api(client):
+def test_logit_lens_through_the_api(client, lm):
     r = _post(client, methods=["logit_lens"], logit_lens={"top_k": 2})
     assert r.status_code == 200, r.text
     body = r.json()
@@ -24,6 +24,13 @@ def test_logit_lens_through_the_api(client):
     expected = [t["logprob"] for t in body["target_tokens"]]
     np.testing.assert_allclose(got, expected, atol=1e-4)
     assert np.array(params["top_k_ids"]).shape == (lps.shape[0], n, 2)
+    # The texts are the tokenizer's decoding of those ids, cell by cell (a client has no vocabulary).
+    texts = params["top_k_tokens"]
+    assert np.array(texts).shape == (lps.shape[0], n, 2)
+    tokenizer = lm.tokenizer
+    for row_ids, row_texts in zip(params["top_k_ids"], texts, strict=True):
+        for cell_ids, cell_texts in zip(row_ids, row_texts, strict=True):
+            assert cell_texts == [tokenizer.decode([i]) for i in cell_ids]
 
 
 @pytest.mark.parametrize(

@@ -295,3 +295,41 @@ def test_a_faithfulness_field_shows_a_badge_and_timings_show(harness: Page) -> N
     harness.evaluate("r => show(r, {method: 'input_x_gradient'})", response)
     badge = harness.locator("glassbox-explanation [data-faithfulness]").text_content() or ""
     assert "deletion_auc 0.42" in badge
+
+
+def test_logit_lens_view_shows_layers_by_answer_tokens(harness: Page, recorder: Recorder) -> None:
+    """Cells are (layer, answer token): text = that layer's top token, bold where the target already ranks first,
+    colour deeper as p(target) grows; the top row is the last layer."""
+    response = saved()
+    n = len(response["target_tokens"])
+    layers = 3  # embeddings + 2 decoder layers
+    logprob = [[float(np.log(0.02 + 0.3 * layer + 0.01 * j)) for j in range(n)] for layer in range(layers)]
+    rank = [[1 if layer == layers - 1 else 5 + j for j in range(n)] for layer in range(layers)]
+    tops = [[[f"L{layer}t{j}", "x"] for j in range(n)] for layer in range(layers)]
+    response["methods"] = {
+        "logit_lens": {
+            "params": {
+                "targets": list(range(n)),
+                "target_logprob": logprob,
+                "rank_of_target": rank,
+                "top_k_tokens": tops,
+                "top_k_logprobs": [[[-1.0, -2.0] for _ in range(n)] for _ in range(layers)],
+            }
+        }
+    }
+    harness.evaluate("r => show(r, {view: 'lens'})", response)
+    cells = harness.eval_on_selector_all(
+        "glassbox-explanation .lens td",
+        "els => els.map(e => [e.textContent, Number(e.dataset.layer), Number(e.dataset.target), e.className,"
+        " Number(e.dataset.logprob), e.style.backgroundColor])",
+    )
+    assert len(cells) == layers * n
+    assert [c[1] for c in cells[:n]] == [layers - 1] * n  # the last layer on top
+    for text, layer, target, cls, lp, _ in cells:
+        assert text == f"L{layer}t{target}"
+        assert ("hit" in cls.split()) == (layer == layers - 1)
+        assert lp == pytest.approx(logprob[layer][target])
+    # deeper colour (lower green channel) for a higher p(target): compare one column across layers
+    column = sorted((c[4], hue(c[5])[1]) for c in cells if c[2] == 0)
+    assert [g for _, g in column] == sorted((g for _, g in column), reverse=True)
+    assert recorder.problems == []

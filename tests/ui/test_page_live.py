@@ -162,6 +162,20 @@ def test_france_drives_paris_then_granularity_method_attention_keyboard(
     assert page.locator("glassbox-explanation .grid canvas").count() >= 9
     page.screenshot(path=str(tmp_path / "4-attention.png"), full_page=True)
 
+    # Layers tab: the logit lens. The answer is greedy, so at the last layer (the top row) every answer token is
+    # the model's own top token: each cell is bold and shows that token's text.
+    page.click("#tab-lens")
+    idle(page)
+    rows = page.locator("glassbox-explanation .lens tbody tr")
+    assert rows.count() == 30 + 1  # the embeddings and SmolLM2's 30 decoder layers
+    answer = page.eval_on_selector_all("glassbox-explanation .lens thead th[data-target]", "els => els.length")
+    top = page.eval_on_selector_all(
+        "glassbox-explanation .lens tbody tr:first-child td", "els => els.map(e => [e.className, e.dataset.rank])"
+    )
+    assert len(top) == answer > 0
+    assert all("hit" in cls.split() and rank == "1" for cls, rank in top)
+    page.screenshot(path=str(tmp_path / "5-lens.png"), full_page=True)
+
     with page.expect_download() as download:
         page.click("#dl-json")
     assert download.value.suggested_filename == "explanation.json"

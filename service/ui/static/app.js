@@ -6,7 +6,7 @@ import { scoresFor } from "./glassbox-explanation.js";
 const $ = (id) => document.getElementById(id);
 const API = new URL("../", location.href);
 const view = $("view");
-const state = { history: [], answer: null, gen: null, explanation: null, docResponse: null, attention: null, models: [], docs: [] };
+const state = { history: [], answer: null, gen: null, explanation: null, docResponse: null, attention: null, lens: null, models: [], docs: [] };
 
 // ---- API ----
 const key = $("key");
@@ -155,7 +155,7 @@ $("input").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("chat-form").requestSubmit(); }
 });
 $("clear").addEventListener("click", () => {
-  state.history = []; state.answer = null; state.explanation = null; state.attention = null;
+  state.history = []; state.answer = null; state.explanation = null; state.attention = null; state.lens = null;
   $("log").innerHTML = ""; $("answer-live").innerHTML = ""; view.response = null; $("doc-shares").innerHTML = "";
 });
 
@@ -188,7 +188,7 @@ $("chat-form").addEventListener("submit", async (e) => {
     state.history.push({ role: "assistant", content: gen.text });
     live.innerHTML = "";
     logMessage("assistant", gen.text);
-    state.attention = null;
+    state.attention = null; state.lens = null;
     await explain();
   } catch (err) {
     status(err.message, true);
@@ -353,14 +353,37 @@ async function showAttentionNow() {
   view.response = state.attention;
 }
 
+// ---- logit-lens view: what each layer would answer, for every answer token ----
+async function showLens() {
+  view.view = "lens";
+  $("attn-controls").hidden = true;
+  if (!state.answer) return;
+  busy(+1);
+  try {
+    if (!state.lens) {
+      status("Loading the logit lens…");
+      try {
+        state.lens = await post("explain", {
+          ...explainBody(), methods: ["logit_lens"], granularity: "token", segments: undefined, contrast: undefined,
+          logit_lens: { top_k: 3 },
+        }, onProgress);
+        status("Logit lens loaded.");
+      } catch (err) { status(err.message, true); return; }
+      $("progress").hidden = true;
+    }
+    view.response = state.lens;
+  } finally { busy(-1); }
+}
+
 function tab(which) {
-  $("tab-text").setAttribute("aria-selected", String(which === "text"));
-  $("tab-attention").setAttribute("aria-selected", String(which === "attention"));
+  for (const name of ["text", "attention", "lens"]) $(`tab-${name}`).setAttribute("aria-selected", String(which === name));
   if (which === "attention") showAttention();
+  else if (which === "lens") showLens();
   else { $("attn-controls").hidden = true; if (state.explanation) showText(null); }
 }
 $("tab-text").addEventListener("click", () => tab("text"));
 $("tab-attention").addEventListener("click", () => tab("attention"));
+$("tab-lens").addEventListener("click", () => tab("lens"));
 $("layer").addEventListener("change", showAttention);
 $("head").addEventListener("change", () => view.setAttribute("head", $("head").value));
 view.addEventListener("click", () => {

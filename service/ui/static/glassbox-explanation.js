@@ -1,7 +1,7 @@
 // <glassbox-explanation>: renders a Glassbox /explain response (or a /generate response's `explanation`).
 // Plain ES module, no dependencies, no network. Set `el.response = obj`; optional properties below.
 // Properties: method, selection ({start, end} target tokens, or null for the whole answer), intensity (0.2..5),
-// cutoff (share below which a source stays uncoloured, 0..1), view ("text" | "attention"), layer, head.
+// cutoff (share below which a source stays uncoloured, 0..1), view ("text" | "attention" | "lens"), layer, head.
 // Events: "glassbox-select" {detail: {start, end} | null} when an answer token or span is chosen;
 // "glassbox-hover" {detail: {source, score, share}}.
 
@@ -157,6 +157,11 @@ canvas { image-rendering: pixelated; max-width: 100%; }
 .grid { display: grid; gap: 2px; }
 .grid canvas { cursor: pointer; border: 1px solid #eee; width: 100%; height: 22px; }
 .grid canvas[aria-pressed="true"] { border-color: #1b1b1f; }
+.lens { border-collapse: collapse; font-size: 11px; }
+.lens th { font-weight: 400; color: #555; padding: 0 .3rem; white-space: nowrap; }
+.lens td { padding: 0 .3rem; min-width: 3.5rem; max-width: 7rem; overflow: hidden; text-overflow: ellipsis;
+  white-space: nowrap; border: 1px solid #fff; cursor: default; }
+.lens td.hit { font-weight: 700; }
 `;
 
 export class GlassboxExplanation extends HTMLElement {
@@ -234,6 +239,7 @@ export class GlassboxExplanation extends HTMLElement {
     this.tip = this.root.querySelector(".tip");
     const body = this.root.querySelector(".body");
     if (this.view === "attention") this.renderAttention(body);
+    else if (this.view === "lens") this.renderLens(body);
     else this.renderText(body);
   }
 
@@ -454,6 +460,41 @@ export class GlassboxExplanation extends HTMLElement {
       grid.addEventListener("click", (e) => e.target.dataset.layer && choose(e.target));
       grid.addEventListener("keydown", (e) => (e.key === "Enter" || e.key === " ") && e.target.dataset.layer && choose(e.target));
     }
+  }
+
+  // ---- logit-lens view: layers x answer tokens, each cell the layer's top token, coloured by p(target) ----
+  renderLens(body) {
+    const m = this._response.methods.logit_lens;
+    const p = m && m.params;
+    if (!p || !p.target_logprob) { body.innerHTML = `<p>This response has no logit-lens result.</p>`; return; }
+    const lp = p.target_logprob, ranks = p.rank_of_target, tops = p.top_k_tokens || [], topLps = p.top_k_logprobs || [];
+    const layers = p.layer_indices || [...Array(lp.length).keys()];
+    const targets = p.targets.map((t) => (this._response.target_tokens[t] || { text: "?" }).text);
+    const head = targets.map((t, j) => `<th scope="col" data-target="${p.targets[j]}">${esc(t.trim() || "␣")}</th>`).join("");
+    const rows = [];
+    for (let l = lp.length - 1; l >= 0; l--) {
+      const cells = lp[l].map((v, j) => {
+        const prob = Math.exp(v), a = Math.min(1, prob * this.intensity);
+        const rgb = POS.map((c) => Math.round(255 + (c - 255) * a));
+        const top = tops[l] && tops[l][j] ? tops[l][j][0] : "";
+        const cls = [a > 0.55 ? "light" : "", ranks[l][j] === 1 ? "hit" : ""].filter(Boolean).join(" ");
+        return `<td class="${cls}" data-layer="${layers[l]}" data-target="${p.targets[j]}" data-rank="${ranks[l][j]}" data-logprob="${v}"` +
+          ` style="background:rgb(${rgb.join(",")})" tabindex="-1">${esc((top || "").trim() || "␣")}</td>`;
+      }).join("");
+      rows.push(`<tr><th scope="row">${l === 0 ? "embed" : `layer ${layers[l]}`}</th>${cells}</tr>`);
+    }
+    body.innerHTML = `<div class="label">Logit lens: each layer's top token (cell text) and the probability of the actual answer token (colour); bold where the answer token is already the top</div>
+      <table class="lens" part="lens" aria-label="Logit lens, layers by answer tokens"><thead><tr><th></th>${head}</tr></thead><tbody>${rows.join("")}</tbody></table>`;
+    const table = body.querySelector(".lens");
+    table.addEventListener("mouseover", (e) => {
+      const td = e.target.closest("td");
+      if (!td) return;
+      const l = lp.length - 1 - td.parentElement.rowIndex + 1, j = td.cellIndex - 1;
+      let text = `${l === 0 ? "embeddings" : `layer ${layers[l]}`} · ${JSON.stringify(targets[j])}: rank ${ranks[l][j]}, p ${(Math.exp(lp[l][j]) * 100).toFixed(1)}%`;
+      if (tops[l] && tops[l][j]) text += "\n" + tops[l][j].map((t, k) => `${JSON.stringify(t)} ${(Math.exp(topLps[l][j][k]) * 100).toFixed(1)}%`).join("\n");
+      this.showTip(td, text);
+    });
+    table.addEventListener("mouseout", () => (this.tip.style.display = "none"));
   }
 
   /** Colour of a matrix cell: white to purple by |value| / max, scaled by the intensity. */
