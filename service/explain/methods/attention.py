@@ -42,7 +42,7 @@ class AttentionMethod(Method):
     needs_attention = True
 
     def cost(self, shape: Shape, dims: ModelDims, options: Any) -> Cost:
-        weights = dims.layers * dims.heads * shape.seq_len * shape.seq_len * 4
+        weights = dims.attention_bytes(shape.seq_len)
         return Cost(work=0, memory=dims.graph_bytes(1, shape.seq_len, shape.answer_len, True) + weights)
 
 

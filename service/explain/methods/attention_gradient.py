@@ -118,7 +118,7 @@ class AttentionGradient(Method):
 
     def cost(self, shape: Shape, dims: ModelDims, options: Any) -> Cost:
         work = 0
-        weights = dims.layers * dims.heads * shape.seq_len * shape.seq_len * 4
+        weights = dims.attention_bytes(shape.seq_len)
         if shape.tokens_scope:
             work += shape.seq_len * (1 + shape.rows)
         if shape.sequence_scope:
