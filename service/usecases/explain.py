@@ -84,7 +84,7 @@ def plan_for(
         answer=answer,
         contrast=contrast,
         options=options,
-        config=lm.model.config,
+        facts=lm.facts,
         settings=settings,
         prompt_token_text=lambda i: prompt.token_text(i, lm.tokenizer),
         pad_id=_pad_id(lm),

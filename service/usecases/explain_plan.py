@@ -9,8 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from transformers import PretrainedConfig
-
 from schemas.explain import ExplainOptions
 from service.engine.continuation import Answer
 from service.engine.prompt import PromptTokens
@@ -18,7 +16,7 @@ from service.errors import BudgetExceeded, InvalidRequest
 from service.explain import cost as costs
 from service.explain import methods as registry
 from service.explain.engine import total_units
-from service.explain.methods.attention import resolve
+from service.explain.methods.attention import attention_layers, resolve
 from service.explain.methods.gradient import shared_gradient_cost
 from service.explain.options import (
     AttentionParams,
@@ -30,6 +28,7 @@ from service.explain.options import (
 from service.explain.task import Chunks, Task
 from service.explain.units import SourceToken, Unit, build_units, resolve_segments
 from service.models.calibrate import Speed
+from service.models.facts import ModelFacts
 from service.settings import Settings
 
 #: Aim of one unit of explanation work (the scheduler also checks in at every layer inside it).
@@ -138,7 +137,18 @@ def _source_tokens(prompt: PromptTokens, answer: Answer, options: ExplainOptions
     return tokens
 
 
-def _values(options: ExplainOptions, config: PretrainedConfig, rows: int, units: int, seq_units: int) -> int:
+def refuse_unsupported(methods: list[str] | tuple[str, ...], facts: ModelFacts) -> None:
+    """A method the model cannot serve is a 422 naming the method and the model's reason, before anything
+    runs (never a 500 from inside the model, never a result that leaves layers out)."""
+    for name in methods:
+        reason = registry.get(name).refusal(facts)
+        if reason is not None:
+            raise InvalidRequest(
+                f"method {name!r} is not available for this model: {reason}", param="methods", code="unsupported_method"
+            )
+
+
+def _values(options: ExplainOptions, facts: ModelFacts, rows: int, units: int, seq_units: int) -> int:
     """Numbers the response will carry (for the output-size limit)."""
     total = 0
     for name in options.methods:
@@ -146,9 +156,9 @@ def _values(options: ExplainOptions, config: PretrainedConfig, rows: int, units:
         if name == "attention":
             att = options.attention
             if att.reduce_layers == "none":
-                lead *= len(resolve(att.layers, int(config.num_hidden_layers), "attention.layers"))
+                lead *= len(attention_layers(att.layers, facts, "attention.layers"))
             if att.reduce_heads == "none":
-                lead *= len(resolve(att.heads, int(config.num_attention_heads), "attention.heads"))
+                lead *= len(resolve(att.heads, facts.heads or 0, "attention.heads"))
         width = min(units, options.row_top_k) if options.row_top_k else units
         seq_width = min(seq_units, options.row_top_k) if options.row_top_k else seq_units
         if "tokens" in options.scope:
@@ -164,7 +174,7 @@ def make_plan(
     answer: Answer,
     contrast: Answer | None,
     options: ExplainOptions,
-    config: PretrainedConfig,
+    facts: ModelFacts,
     settings: Settings,
     prompt_token_text: Callable[[int], str],
     pad_id: int | None,
@@ -172,6 +182,7 @@ def make_plan(
     speed: Speed | None = None,
 ) -> Plan:
     """Validate against the model and the server's limits, estimate the cost, choose chunk sizes."""
+    refuse_unsupported(options.methods, facts)
     length = len(prompt) + len(answer.ids)
     if length > max_context:
         raise InvalidRequest(
@@ -241,7 +252,7 @@ def make_plan(
     sequence_units = sum(1 for u in units if max(u.positions) < p + span[0])
     methods: dict[str, Any] = {name: engine_options(options, name) for name in options.methods}
     for name in options.methods:
-        registry.get(name).validate(config, methods[name])
+        registry.get(name).validate(facts, methods[name])
     shape = costs.Shape(
         seq_len=length,
         answer_len=len(answer.ids),
@@ -254,7 +265,7 @@ def make_plan(
         tokens_scope="tokens" in options.scope,
         sequence_scope="sequence" in options.scope,
     )
-    dims = costs.ModelDims.of(config)
+    dims = costs.ModelDims.of(facts)
     eager = any(registry.get(n).needs_attention for n in options.methods)
     gradients = any(registry.get(n).needs_gradients for n in options.methods)
     total = costs.forward_cost(shape, dims, gradients=gradients, eager=eager)
@@ -266,7 +277,7 @@ def make_plan(
     chunks = costs.plan_chunks(shape, dims, budget, eager=eager, ig="integrated_gradients" in options.methods)
     chunks = _time_chunks(Chunks(*(max(1, size) for size in dataclasses.astuple(chunks))), shape, speed)
     costs.check(total, costs.Limits(settings.explain_max_work, budget))
-    values = _values(options, config, len(rows), len(units), sequence_units)
+    values = _values(options, facts, len(rows), len(units), sequence_units)
     if values > settings.explain_max_values:
         raise BudgetExceeded(
             f"the response would carry {values:,} numbers, {values / settings.explain_max_values:.1f}× the limit "

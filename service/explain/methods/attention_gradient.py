@@ -115,6 +115,7 @@ def sequence_relevance(ctx: Context) -> torch.Tensor:
 class AttentionGradient(Method):
     name = "attention_gradient"
     needs_attention = True
+    needs_attention_at_every_layer = True  # refused on hybrids (Method.refusal)
 
     def cost(self, shape: Shape, dims: ModelDims, options: Any) -> Cost:
         work = 0

@@ -29,6 +29,7 @@ def rollout(attentions: list[torch.Tensor], residual: float) -> torch.Tensor:
 @register
 class AttentionRollout(AttentionMethod):
     name = "attention_rollout"
+    needs_attention_at_every_layer = True  # refused on hybrids (Method.refusal)
 
     def run(self, ctx: Context, options: Any) -> MethodOutput:
         opts: RolloutParams = options
