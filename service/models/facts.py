@@ -201,13 +201,27 @@ def _embedding_scale(model: PreTrainedModel) -> float:
     return float((out * rows).sum()) / denominator if denominator > 0 else 1.0
 
 
-def _final_norm(model: PreTrainedModel) -> str | None:
-    base: Any = model.base_model
+def _norm_owners(model: PreTrainedModel) -> list[Any]:
     # composite models keep the decoder in ``language_model``, OPT in ``decoder``
-    for owner in (base, getattr(base, "language_model", None), getattr(base, "decoder", None)):
+    base: Any = model.base_model
+    return [base, getattr(base, "language_model", None), getattr(base, "decoder", None)]
+
+
+def _final_norm(model: PreTrainedModel) -> str | None:
+    for owner in _norm_owners(model):
         for name in FINAL_NORMS:
             if isinstance(getattr(owner, name, None), torch.nn.Module):
                 return name
+    return None
+
+
+def final_norm_module(model: PreTrainedModel) -> torch.nn.Module | None:
+    """The norm applied to the last hidden state before the output head (``ModelFacts.final_norm``)."""
+    name = facts_of(model).final_norm
+    for owner in _norm_owners(model) if name is not None else []:
+        module = getattr(owner, name, None)
+        if isinstance(module, torch.nn.Module):
+            return module
     return None
 
 
@@ -254,10 +268,18 @@ def facts_of(model: PreTrainedModel) -> ModelFacts:
     return facts
 
 
-def batching_support(model: PreTrainedModel) -> tuple[bool, str | None]:
-    """PLACEHOLDER until service/serving/cache_support.py (the serving helper's) is on main: the lead wires
-    the real check. Says only what the facts alone show."""
+def batching_support_placeholder(model: PreTrainedModel) -> tuple[bool, str | None]:
+    """PLACEHOLDER until ``service/serving/cache_support.py`` (``batching_support``, the serving side of issue
+    11) is on main; the lead wires the real check into ``service/usecases/model_info.py``. Says only what the
+    layer kinds show: the batcher merges the caches of full-attention models."""
     facts = facts_of(model)
-    if any(k not in ATTENTION_KINDS - {"sliding_attention"} for k in facts.layer_kinds):
-        return False, "placeholder: caches of sliding-window, recurrent and hybrid models are decoded one at a time"
+    if all(kind == "attention" for kind in facts.layer_kinds):
+        return True, None
+    kinds = ", ".join(sorted(set(facts.layer_kinds) - {"attention"}))
+    return False, f"{kinds} layers: requests decode one at a time"
+
+
+def generation_support_placeholder(model: PreTrainedModel) -> tuple[bool, str | None]:
+    """PLACEHOLDER until the serving side of issue 11 says which models generate: a loaded model has passed
+    the load-time calibration, which decodes a few steps from its cache."""
     return True, None
