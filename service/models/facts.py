@@ -51,8 +51,8 @@ class AttentionCapture:
 
     def describe(self) -> str:
         if self.how == "flag":
-            return "output_attentions=True"
-        return "hooks on the modules in _can_record_outputs"
+            return "`output_attentions=True`"
+        return "hooks (`_can_record_outputs`)"
 
 
 @dataclass(frozen=True)
@@ -279,7 +279,14 @@ def batching_support_placeholder(model: PreTrainedModel) -> tuple[bool, str | No
     return False, f"{kinds} layers: requests decode one at a time"
 
 
+#: Families whose output carries their decoding state elsewhere than ``.cache`` (placeholder knowledge).
+_STATE_NOT_CACHE = frozenset({"rwkv", "recurrent_gemma"})
+
+
 def generation_support_placeholder(model: PreTrainedModel) -> tuple[bool, str | None]:
-    """PLACEHOLDER until the serving side of issue 11 says which models generate: a loaded model has passed
-    the load-time calibration, which decodes a few steps from its cache."""
+    """PLACEHOLDER until the serving side of issue 11 says which models generate: decoding reads the model
+    output's ``.cache``, which RWKV and RecurrentGemma do not return."""
+    model_type = facts_of(model).model_type
+    if model_type in _STATE_NOT_CACHE:
+        return False, f"{model_type} keeps its decoding state outside the output's cache: generation fails"
     return True, None

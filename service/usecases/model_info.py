@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from transformers import PreTrainedModel
+
 from schemas.common import ModelFactsInfo, ModelInfo, Support
 from service.explain import methods as registry
 from service.models.facts import ModelFacts, batching_support_placeholder, generation_support_placeholder
@@ -35,10 +37,17 @@ def facts_info(facts: ModelFacts) -> ModelFactsInfo:
     )
 
 
+def serving_supports(model: PreTrainedModel) -> tuple[Support, Support]:
+    """(generation, batching) of a model: the one place ``/models`` and ``scripts/families_table.py`` ask.
+    The checks are placeholders until the serving side of issue 11 lands (see ``service/models/facts.py``)."""
+    generation, generation_reason = generation_support_placeholder(model)
+    batching, batching_reason = batching_support_placeholder(model)
+    return Support(supported=generation, reason=generation_reason), Support(supported=batching, reason=batching_reason)
+
+
 def model_info(lm: LoadedModel, *, default: bool) -> ModelInfo:
     facts = lm.facts
-    batching, batching_reason = batching_support_placeholder(lm.model)
-    generation, generation_reason = generation_support_placeholder(lm.model)
+    generation, batching = serving_supports(lm.model)
     return ModelInfo(
         id=lm.name,
         source=lm.source,
@@ -54,6 +63,6 @@ def model_info(lm: LoadedModel, *, default: bool) -> ModelInfo:
         default=default,
         facts=facts_info(facts),
         supports=method_supports(facts),
-        generation=Support(supported=generation, reason=generation_reason),
-        batching=Support(supported=batching, reason=batching_reason),
+        generation=generation,
+        batching=batching,
     )

@@ -96,3 +96,25 @@ def test_capture_covers_exactly_the_layers_transformers_returns_weights_for(fami
         out = model(input_ids=ids, output_attentions=True, use_cache=False)
     square = [a for a in out.attentions if a is not None and a.shape[-2:] == (6, 6) and a.shape[1] == facts.heads]
     assert len(square) == len(facts.attention_layers)
+
+
+def test_readme_family_table_is_current() -> None:
+    """The README's table is the script's output over the same facts (regenerate with ``--write``)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "families_table.py"
+    spec = importlib.util.spec_from_file_location("families_table", path)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    threads = torch.get_num_threads()
+    try:
+        expected = script.table()
+    finally:
+        torch.set_num_threads(threads)
+    readme = script.README.read_text()
+    start, end = readme.index(script.START) + len(script.START), readme.index(script.END)
+    assert readme[start:end].strip() == expected.strip(), (
+        "README.md's family table is stale: run PYTHONPATH=. .venv/bin/python scripts/families_table.py --write"
+    )
