@@ -218,7 +218,9 @@ def _final_norm(model: PreTrainedModel) -> str | None:
 def final_norm_module(model: PreTrainedModel) -> torch.nn.Module | None:
     """The norm applied to the last hidden state before the output head (``ModelFacts.final_norm``)."""
     name = facts_of(model).final_norm
-    for owner in _norm_owners(model) if name is not None else []:
+    if name is None:
+        return None
+    for owner in _norm_owners(model):
         module = getattr(owner, name, None)
         if isinstance(module, torch.nn.Module):
             return module

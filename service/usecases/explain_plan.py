@@ -5,7 +5,7 @@ passes, activation memory and seconds) before any model time is spent."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,7 +137,7 @@ def _source_tokens(prompt: PromptTokens, answer: Answer, options: ExplainOptions
     return tokens
 
 
-def refuse_unsupported(methods: list[str] | tuple[str, ...], facts: ModelFacts) -> None:
+def refuse_unsupported(methods: Sequence[str], facts: ModelFacts) -> None:
     """A method the model cannot serve is a 422 naming the method and the model's reason, before anything
     runs (never a 500 from inside the model, never a result that leaves layers out)."""
     for name in methods:

@@ -259,8 +259,8 @@ def test_methods_match_transformers_references(
     np.testing.assert_allclose(_array(results["attention_gradient"]), expected_grad, **tol)
 
 
-@pytest.mark.parametrize("family", ["llama_gqa", "mamba", "jamba"])
-def test_shapley_is_efficient_on_every_kind(served: tuple[TestClient, ModelRegistry], family: str) -> None:
+@pytest.mark.parametrize("family", zoo.ALL)
+def test_shapley_is_efficient(served: tuple[TestClient, ModelRegistry], family: str) -> None:
     client = _loaded(served, family)
     response = _post(client, family, ["shapley"], granularity="word", scope=["sequence"], shapley={"exact": True})
     assert response.status_code == 200, response.text

@@ -61,7 +61,7 @@ def _attended(ctx: Context, ids: tuple[int, ...], positions: list[int]) -> tuple
     leaf = fw.embed(ctx.model, ids).unsqueeze(0).requires_grad_(True)  # so that A carries gradients
     out = fw.run(ctx.model, leaf, fw.predicting(positions, ctx.device), attentions=True)
     assert out.attentions is not None
-    return out.logits, list(out.attentions)
+    return out.logits, [a for a in out.attentions if a is not None]  # every layer: refused on hybrids
 
 
 def tokens_relevance(ctx: Context) -> torch.Tensor:

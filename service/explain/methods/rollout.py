@@ -37,7 +37,7 @@ class AttentionRollout(AttentionMethod):
         assert atts is not None
         task = ctx.task
         with torch.no_grad():
-            result = rollout([a[0].float().mean(0) for a in atts], opts.residual).float()
+            result = rollout([a[0].float().mean(0) for a in atts if a is not None], opts.residual).float()
         start, end = task.span
         tokens = result[[r - 1 for r in task.rows]] if "tokens" in task.scopes else None
         sequence = result[start - 1 : end - 1, :start].mean(0) if "sequence" in task.scopes else None
