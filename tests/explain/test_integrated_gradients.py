@@ -18,10 +18,11 @@ def _ig(n_steps: int = 8, rule: str = "gausslegendre", baseline: str = "zero") -
 
 
 def _baseline(model, ids, kind: str, pad_id: int) -> torch.Tensor:
-    weight = model.get_input_embeddings().weight
-    vector = {"zero": torch.zeros(weight.shape[1], dtype=weight.dtype), "mean": weight.mean(0), "pad": weight[pad_id]}[
-        kind
-    ]
+    """The baseline at the embedding module's output (what the model sees), broadcast over positions."""
+    module = model.get_input_embeddings()
+    with torch.no_grad():
+        every = module(torch.arange(module.weight.shape[0]))
+    vector = {"zero": torch.zeros_like(every[0]), "mean": every.mean(0), "pad": every[pad_id]}[kind]
     return vector.expand(1, len(ids), -1)
 
 

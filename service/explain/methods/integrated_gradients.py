@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from service.explain import forward as fw
+from service.explain.baselines import baseline_vector
 from service.explain.context import Context
 from service.explain.cost import Cost, ModelDims, Shape
 from service.explain.methods.base import Method, MethodOutput, register
@@ -47,16 +48,6 @@ def quadrature(rule: str, n: int) -> tuple[list[float], list[float]]:
     raise ValueError(f"unknown quadrature rule {rule!r}")
 
 
-def baseline_vector(ctx: Context, kind: str) -> torch.Tensor:
-    weight = fw.embedding_weight(ctx.model)
-    if kind == "zero":
-        return torch.zeros(weight.shape[1], dtype=weight.dtype, device=weight.device)
-    if kind == "mean":
-        return weight.detach().mean(0)
-    pad = ctx.task.pad_id if ctx.task.pad_id is not None else 0
-    return weight.detach()[pad]
-
-
 def _path(x: torch.Tensor, mask: list[bool], baseline: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(start, delta): the path is start + alpha * delta; unmasked positions stay at their embedding."""
     keep = torch.tensor(mask, device=x.device).unsqueeze(-1)
@@ -76,7 +67,7 @@ def tokens_ig(ctx: Context, opts: IntegratedGradientsParams) -> torch.Tensor:
     """[R, T]: per row, integrated gradients over all scored sources."""
     task = ctx.task
     x = ctx.embeddings
-    start, delta = _path(x, list(task.included), baseline_vector(ctx, opts.baseline))
+    start, delta = _path(x, list(task.included), baseline_vector(ctx.model, opts.baseline, ctx.task.pad_id))
     alphas, weights = quadrature(opts.rule, opts.n_steps)
     count = len(task.rows)
     total = torch.zeros(count, task.seq_len, dtype=torch.float64)
@@ -101,7 +92,7 @@ def sequence_ig(ctx: Context, opts: IntegratedGradientsParams) -> torch.Tensor:
     sources = task.sequence_sources
     x = ctx.embeddings
     mask = [inc and p < sources for p, inc in enumerate(task.included)]
-    baseline = baseline_vector(ctx, opts.baseline)
+    baseline = baseline_vector(ctx.model, opts.baseline, ctx.task.pad_id)
     start, delta = _path(x, mask, baseline)
     alphas, weights = quadrature(opts.rule, opts.n_steps)
     total = torch.zeros(sources, dtype=torch.float64)
