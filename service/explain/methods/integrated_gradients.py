@@ -2,9 +2,10 @@
 
 With teacher forcing, one forward over a batch of interpolated sequences gives every target's output at
 every step; each target then needs one (batched) backward per step chunk, weighted by the quadrature.
-Tokens scope interpolates every scored source (template and special tokens stay at their real embedding),
-so each row satisfies completeness: its scores sum to f(input) − f(baseline). Sequence scope interpolates
-only the sources before the span, keeping the span itself fixed.
+Only the explained sources move along the path: positions in a unit (template and special tokens, and
+with `segments` everything outside them, stay at their real embedding), so each row satisfies completeness:
+its scores sum to f(input) − f(input with the explained sources at the baseline). Sequence scope moves only
+the sources before the span, keeping the span itself fixed.
 """
 
 from __future__ import annotations
@@ -48,6 +49,17 @@ def quadrature(rule: str, n: int) -> tuple[list[float], list[float]]:
     raise ValueError(f"unknown quadrature rule {rule!r}")
 
 
+def moving(task: Task) -> list[bool]:
+    """Per position: does it move along the path? The explained sources only, i.e. included positions that
+    belong to a unit; with `segments` the rest of the prompt keeps its real embedding, so a row's scores sum
+    to f(input) − f(input with only the units at the baseline)."""
+    in_unit = [not task.units] * task.seq_len
+    for unit in task.units:
+        for p in unit:
+            in_unit[p] = True
+    return [inc and unit for inc, unit in zip(task.included, in_unit, strict=True)]
+
+
 def _path(x: torch.Tensor, mask: list[bool], baseline: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(start, delta): the path is start + alpha * delta; unmasked positions stay at their embedding."""
     keep = torch.tensor(mask, device=x.device).unsqueeze(-1)
@@ -67,7 +79,7 @@ def tokens_ig(ctx: Context, opts: IntegratedGradientsParams) -> torch.Tensor:
     """[R, T]: per row, integrated gradients over all scored sources."""
     task = ctx.task
     x = ctx.embeddings
-    start, delta = _path(x, list(task.included), baseline_vector(ctx.model, opts.baseline, ctx.task.pad_id))
+    start, delta = _path(x, moving(task), baseline_vector(ctx.model, opts.baseline, ctx.task.pad_id))
     alphas, weights = quadrature(opts.rule, opts.n_steps)
     count = len(task.rows)
     total = torch.zeros(count, task.seq_len, dtype=torch.float64)
@@ -91,7 +103,7 @@ def sequence_ig(ctx: Context, opts: IntegratedGradientsParams) -> torch.Tensor:
     task = ctx.task
     sources = task.sequence_sources
     x = ctx.embeddings
-    mask = [inc and p < sources for p, inc in enumerate(task.included)]
+    mask = [move and p < sources for p, move in enumerate(moving(task))]
     baseline = baseline_vector(ctx.model, opts.baseline, ctx.task.pad_id)
     start, delta = _path(x, mask, baseline)
     alphas, weights = quadrature(opts.rule, opts.n_steps)
