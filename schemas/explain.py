@@ -53,6 +53,12 @@ class RolloutOptions(_Strict):
     residual: float = Field(
         0.5, ge=0.0, le=1.0, description="Weight of the identity (residual connection) mixed into each layer."
     )
+    layers: list[int] | None = Field(
+        None,
+        min_length=1,
+        max_length=1024,
+        description="Layers rolled through, in model order (negative counts from the end); all if omitted.",
+    )
 
 
 class IntegratedGradientsOptions(_Strict):

@@ -16,6 +16,7 @@ class AttentionParams:
 @dataclass(frozen=True)
 class RolloutParams:
     residual: float = 0.5
+    layers: tuple[int, ...] | None = None  # layer indices rolled through (negative from the end); all if None
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,8 @@ def engine_options(options: ExplainOptions, name: str) -> Any:
         heads = tuple(att.heads) if att.heads is not None else None
         return AttentionParams(layers, heads, att.reduce_heads, att.reduce_layers)
     if name == "attention_rollout":
-        return RolloutParams(options.attention_rollout.residual)
+        ro = options.attention_rollout
+        return RolloutParams(ro.residual, tuple(ro.layers) if ro.layers is not None else None)
     if name == "integrated_gradients":
         ig = options.integrated_gradients
         return IntegratedGradientsParams(ig.n_steps, ig.baseline, ig.rule)
