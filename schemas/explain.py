@@ -223,11 +223,23 @@ class ArrayData(BaseModel):
     )
 
 
+class ExcludedMass(BaseModel):
+    """Share of a method's raw absolute attribution on positions that are not shown (template and special
+    tokens, text outside the segments). Shown scores are not rescaled: they are what the method gave."""
+
+    tokens: list[float] | None = Field(None, description="Per row, of the row's sources' absolute mass.")
+    sequence: float | None = Field(None, description="Of the sequence vector's sources' absolute mass.")
+    excluded: str = Field(description="Which positions were excluded, in words.")
+
+
 class MethodResult(BaseModel):
     tokens: ArrayData | None = Field(None, description="[..., target, source]")
     sequence: ArrayData | None = Field(None, description="[..., source] over the first `sequence_sources` sources.")
     params: dict[str, Any]
     time_ms: float
+    excluded_mass: ExcludedMass | None = Field(
+        None, description="Present when sources were excluded and the method scores positions (not units)."
+    )
 
 
 class SourceUnit(BaseModel):
