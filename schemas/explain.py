@@ -77,6 +77,17 @@ class IntegratedGradientsOptions(_Strict):
         return self
 
 
+class OcclusionOptions(_Strict):
+    mode: Literal["delete", "replace"] = Field(
+        "delete",
+        description="`delete` removes the unit's tokens (later positions shift); `replace` keeps every position and "
+        "puts the `replace_with` embedding in the unit's place.",
+    )
+    replace_with: Literal["pad", "mean"] = Field(
+        "pad", description="`replace` mode: the pad token's embedding, or the vocabulary's mean embedding."
+    )
+
+
 class LogitLensOptions(_Strict):
     top_k: int = Field(5, ge=0, le=100, description="Top tokens (ids and log-probabilities) per layer and target.")
 
@@ -172,6 +183,7 @@ class ExplainOptions(_Strict):
     attention_rollout: RolloutOptions = Field(default_factory=RolloutOptions)
     integrated_gradients: IntegratedGradientsOptions = Field(default_factory=IntegratedGradientsOptions)
     logit_lens: LogitLensOptions = Field(default_factory=LogitLensOptions)
+    occlusion: OcclusionOptions = Field(default_factory=OcclusionOptions)
     shapley: ShapleyOptions = Field(default_factory=ShapleyOptions)
 
     @model_validator(mode="after")

@@ -27,6 +27,12 @@ class IntegratedGradientsParams:
 
 
 @dataclass(frozen=True)
+class OcclusionParams:
+    mode: str = "delete"  # "delete" removes the unit's tokens, "replace" keeps the positions
+    replace_with: str = "pad"  # replace mode: "pad" or "mean" embedding
+
+
+@dataclass(frozen=True)
 class LogitLensParams:
     top_k: int = 5
 

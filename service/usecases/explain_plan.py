@@ -24,6 +24,7 @@ from service.explain.options import (
     AttentionParams,
     IntegratedGradientsParams,
     LogitLensParams,
+    OcclusionParams,
     RolloutParams,
     ShapleyParams,
 )
@@ -63,6 +64,8 @@ def engine_options(options: ExplainOptions, name: str) -> Any:
         return IntegratedGradientsParams(ig.n_steps, ig.baseline, ig.rule)
     if name == "logit_lens":
         return LogitLensParams(options.logit_lens.top_k)
+    if name == "occlusion":
+        return OcclusionParams(options.occlusion.mode, options.occlusion.replace_with)
     if name == "shapley":
         sv = options.shapley
         return ShapleyParams(sv.n_samples, sv.masking, sv.seed, sv.exact)
