@@ -249,6 +249,8 @@ class MethodResult(BaseModel):
     sequence: ArrayData | None = Field(None, description="[..., source] over the first `sequence_sources` sources.")
     params: dict[str, Any]
     time_ms: float
+    signed: bool = Field(description="Scores are signed (support vs. against) rather than magnitudes.")
+    sign_meaning: str = Field(description="How to read a score's sign, e.g. 'positive supports the answer'.")
     excluded_mass: ExcludedMass | None = Field(
         None, description="Present when sources were excluded and the method scores positions (not units)."
     )

@@ -22,8 +22,9 @@ from schemas.explain import (
 from service.engine.continuation import Answer
 from service.engine.prompt import PromptTokens
 from service.explain import engine, summary
+from service.explain import methods as registry
 from service.explain.mass import excluded_mass
-from service.explain.methods.base import MethodOutput
+from service.explain.methods.base import MethodOutput, Sign
 from service.explain.objective import DESCRIPTIONS
 from service.models.loaded import LoadedModel
 from service.usecases import explain_present as present
@@ -91,6 +92,14 @@ def _with_token_texts(lm: LoadedModel, params: dict[str, Any]) -> dict[str, Any]
     return {**params, "top_k_tokens": texts}
 
 
+def sign_of(method: str, contrast: bool) -> Sign:
+    """The method's sign convention; with a contrast a signed score is about the difference."""
+    sign = registry.get(method).sign
+    if contrast and sign.signed:
+        return Sign(True, "positive favours the answer over the contrast, negative favours the contrast")
+    return sign
+
+
 def build_response(
     lm: LoadedModel,
     prompt: PromptTokens,
@@ -107,12 +116,15 @@ def build_response(
     for name, out in result.outputs.items():
         tokens, sequence = _unit_arrays(out, plan, options.aggregation)
         lead = list(out.lead_dims)
+        sign = sign_of(name, contrast is not None)
         mass = None if out.over_units else excluded_mass(plan.task, plan.task.units, out.tokens, out.sequence)
         methods[name] = MethodResult(
             tokens=None if tokens is None else present.encode(tokens, [*lead, "target", "source"], **encode),
             sequence=None if sequence is None else present.encode(sequence, [*lead, "source"], **encode),
             params=_with_token_texts(lm, out.params),
             time_ms=round(result.timings.get(name, 0.0) * 1000, 2),
+            signed=sign.signed,
+            sign_meaning=sign.meaning,
             excluded_mass=None
             if mass is None
             else ExcludedMass(

@@ -11,7 +11,7 @@ from transformers import PretrainedConfig
 from service.errors import InvalidRequest
 from service.explain.context import Context
 from service.explain.cost import Cost, ModelDims, Shape
-from service.explain.methods.base import Method, MethodOutput, register
+from service.explain.methods.base import SIGN_MAGNITUDE, Method, MethodOutput, register
 from service.explain.options import AttentionParams
 
 
@@ -49,6 +49,7 @@ class AttentionMethod(Method):
 @register
 class Attention(AttentionMethod):
     name = "attention"
+    sign = SIGN_MAGNITUDE
 
     def validate(self, config: PretrainedConfig, options: Any) -> None:
         opts: AttentionParams = options

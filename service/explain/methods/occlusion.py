@@ -21,7 +21,7 @@ import torch
 from service.explain import forward as fw
 from service.explain.context import Context
 from service.explain.cost import Cost, ModelDims, Shape
-from service.explain.methods.base import Method, MethodOutput, register
+from service.explain.methods.base import SIGN_SUPPORTS, Method, MethodOutput, register
 from service.explain.objective import sequence_score, token_scores
 from service.explain.options import OcclusionParams
 from service.explain.task import Task
@@ -133,6 +133,7 @@ def sequence_occlusion(ctx: Context, stand_in: torch.Tensor | None = None) -> np
 @register
 class Occlusion(Method):
     name = "occlusion"
+    sign = SIGN_SUPPORTS
 
     def cost(self, shape: Shape, dims: ModelDims, options: Any) -> Cost:
         work = 0

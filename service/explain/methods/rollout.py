@@ -17,7 +17,7 @@ from transformers import PretrainedConfig
 from service.explain.context import Context
 from service.explain.cost import Cost, ModelDims, Shape
 from service.explain.methods.attention import AttentionMethod, resolve
-from service.explain.methods.base import MethodOutput, register
+from service.explain.methods.base import SIGN_MAGNITUDE, MethodOutput, register
 from service.explain.options import RolloutParams
 
 
@@ -57,6 +57,7 @@ def queries_of(rows: int, span_len: int, tokens_scope: bool, sequence_scope: boo
 @register
 class AttentionRollout(AttentionMethod):
     name = "attention_rollout"
+    sign = SIGN_MAGNITUDE
 
     def validate(self, config: PretrainedConfig, options: Any) -> None:
         opts: RolloutParams = options
