@@ -53,6 +53,12 @@ class RolloutOptions(_Strict):
     residual: float = Field(
         0.5, ge=0.0, le=1.0, description="Weight of the identity (residual connection) mixed into each layer."
     )
+    layers: list[int] | None = Field(
+        None,
+        min_length=1,
+        max_length=1024,
+        description="Layers rolled through, in model order (negative counts from the end); all if omitted.",
+    )
 
 
 class IntegratedGradientsOptions(_Strict):
@@ -69,6 +75,17 @@ class IntegratedGradientsOptions(_Strict):
         if self.rule == "riemann_trapezoid" and self.n_steps < 2:
             raise ValueError("`riemann_trapezoid` needs n_steps >= 2")
         return self
+
+
+class OcclusionOptions(_Strict):
+    mode: Literal["delete", "replace"] = Field(
+        "delete",
+        description="`delete` removes the unit's tokens (later positions shift); `replace` keeps every position and "
+        "puts the `replace_with` embedding in the unit's place.",
+    )
+    replace_with: Literal["pad", "mean"] = Field(
+        "pad", description="`replace` mode: the pad token's embedding, or the vocabulary's mean embedding."
+    )
 
 
 class LogitLensOptions(_Strict):
@@ -166,6 +183,7 @@ class ExplainOptions(_Strict):
     attention_rollout: RolloutOptions = Field(default_factory=RolloutOptions)
     integrated_gradients: IntegratedGradientsOptions = Field(default_factory=IntegratedGradientsOptions)
     logit_lens: LogitLensOptions = Field(default_factory=LogitLensOptions)
+    occlusion: OcclusionOptions = Field(default_factory=OcclusionOptions)
     shapley: ShapleyOptions = Field(default_factory=ShapleyOptions)
 
     @model_validator(mode="after")
@@ -217,11 +235,25 @@ class ArrayData(BaseModel):
     )
 
 
+class ExcludedMass(BaseModel):
+    """Share of a method's raw absolute attribution on positions that are not shown (template and special
+    tokens, text outside the segments). Shown scores are not rescaled: they are what the method gave."""
+
+    tokens: list[float] | None = Field(None, description="Per row, of the row's sources' absolute mass.")
+    sequence: float | None = Field(None, description="Of the sequence vector's sources' absolute mass.")
+    excluded: str = Field(description="Which positions were excluded, in words.")
+
+
 class MethodResult(BaseModel):
     tokens: ArrayData | None = Field(None, description="[..., target, source]")
     sequence: ArrayData | None = Field(None, description="[..., source] over the first `sequence_sources` sources.")
     params: dict[str, Any]
     time_ms: float
+    signed: bool = Field(description="Scores are signed (support vs. against) rather than magnitudes.")
+    sign_meaning: str = Field(description="How to read a score's sign, e.g. 'positive supports the answer'.")
+    excluded_mass: ExcludedMass | None = Field(
+        None, description="Present when sources were excluded and the method scores positions (not units)."
+    )
 
 
 class SourceUnit(BaseModel):

@@ -62,6 +62,15 @@ class ModelDims:
         """One set of attention weights (float32) over every attention layer."""
         return self.attending * self.heads * seq * seq * 4
 
+    def token_pass_flops(self) -> int:
+        """Multiply-adds of one token through the model's matrices (attention scores left out): the unit of work."""
+        return self.layers * (4 * self.hidden * self.hidden + 3 * self.hidden * self.intermediate)
+
+    def token_passes(self, flops: int) -> int:
+        """Work in token passes of a computation of ``flops`` multiply-adds outside the model (rounded up)."""
+        per = max(1, self.token_pass_flops())
+        return -(-flops // per)
+
     def graph_bytes(self, batch: int, seq: int, kept: int, eager: bool) -> int:
         """Activations a forward keeps for backward, plus the kept logits (float32, with softmax)."""
         per_token = self.layers * (8 * self.hidden + 3 * self.intermediate) * self.elem

@@ -16,6 +16,7 @@ class AttentionParams:
 @dataclass(frozen=True)
 class RolloutParams:
     residual: float = 0.5
+    layers: tuple[int, ...] | None = None  # layer indices rolled through (negative from the end); all if None
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,12 @@ class IntegratedGradientsParams:
     n_steps: int = 16
     baseline: str = "zero"
     rule: str = "gausslegendre"
+
+
+@dataclass(frozen=True)
+class OcclusionParams:
+    mode: str = "delete"  # "delete" removes the unit's tokens, "replace" keeps the positions
+    replace_with: str = "pad"  # replace mode: "pad" or "mean" embedding
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from service.explain.options import (
     AttentionParams,
     IntegratedGradientsParams,
     LogitLensParams,
+    OcclusionParams,
     RolloutParams,
     ShapleyParams,
 )
@@ -55,12 +56,15 @@ def engine_options(options: ExplainOptions, name: str) -> Any:
         heads = tuple(att.heads) if att.heads is not None else None
         return AttentionParams(layers, heads, att.reduce_heads, att.reduce_layers)
     if name == "attention_rollout":
-        return RolloutParams(options.attention_rollout.residual)
+        ro = options.attention_rollout
+        return RolloutParams(ro.residual, tuple(ro.layers) if ro.layers is not None else None)
     if name == "integrated_gradients":
         ig = options.integrated_gradients
         return IntegratedGradientsParams(ig.n_steps, ig.baseline, ig.rule)
     if name == "logit_lens":
         return LogitLensParams(options.logit_lens.top_k)
+    if name == "occlusion":
+        return OcclusionParams(options.occlusion.mode, options.occlusion.replace_with)
     if name == "shapley":
         sv = options.shapley
         return ShapleyParams(sv.n_samples, sv.masking, sv.seed, sv.exact)

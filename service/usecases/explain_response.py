@@ -11,6 +11,7 @@ from schemas.common import ModelRef, Token
 from schemas.explain import (
     ArrayData,
     Attributed,
+    ExcludedMass,
     ExplainOptions,
     ExplainResponse,
     ExplainRowEvent,
@@ -21,7 +22,9 @@ from schemas.explain import (
 from service.engine.continuation import Answer
 from service.engine.prompt import PromptTokens
 from service.explain import engine, summary
-from service.explain.methods.base import MethodOutput
+from service.explain import methods as registry
+from service.explain.mass import excluded_mass
+from service.explain.methods.base import MethodOutput, Sign
 from service.explain.objective import DESCRIPTIONS
 from service.models.loaded import LoadedModel
 from service.usecases import explain_present as present
@@ -89,6 +92,14 @@ def _with_token_texts(lm: LoadedModel, params: dict[str, Any]) -> dict[str, Any]
     return {**params, "top_k_tokens": texts}
 
 
+def sign_of(method: str, contrast: bool) -> Sign:
+    """The method's sign convention; with a contrast a signed score is about the difference."""
+    sign = registry.get(method).sign
+    if contrast and sign.signed:
+        return Sign(True, "positive favours the answer over the contrast, negative favours the contrast")
+    return sign
+
+
 def build_response(
     lm: LoadedModel,
     prompt: PromptTokens,
@@ -101,20 +112,36 @@ def build_response(
     encode = encoding_options(options)
     methods: dict[str, MethodResult] = {}
     summary_vectors: dict[str, np.ndarray] = {}
+    summary_excluded: dict[str, tuple[float, str]] = {}
     for name, out in result.outputs.items():
         tokens, sequence = _unit_arrays(out, plan, options.aggregation)
         lead = list(out.lead_dims)
+        sign = sign_of(name, contrast is not None)
+        mass = None if out.over_units else excluded_mass(plan.task, plan.task.units, out.tokens, out.sequence)
         methods[name] = MethodResult(
             tokens=None if tokens is None else present.encode(tokens, [*lead, "target", "source"], **encode),
             sequence=None if sequence is None else present.encode(sequence, [*lead, "source"], **encode),
             params=_with_token_texts(lm, out.params),
             time_ms=round(result.timings.get(name, 0.0) * 1000, 2),
+            signed=sign.signed,
+            sign_meaning=sign.meaning,
+            excluded_mass=None
+            if mass is None
+            else ExcludedMass(
+                tokens=None if mass.tokens is None else [round(v, 4) for v in mass.tokens],
+                sequence=None if mass.sequence is None else round(mass.sequence, 4),
+                excluded=mass.what,
+            ),
         )
         if not lead:
             if sequence is not None:
                 summary_vectors[name] = sequence
+                if mass is not None and mass.sequence is not None:
+                    summary_excluded[name] = (mass.sequence, mass.what)
             elif tokens is not None:
                 summary_vectors[name] = np.abs(tokens).sum(0)[: plan.sequence_units]
+                if mass is not None and mass.pooled is not None:
+                    summary_excluded[name] = (mass.pooled, mass.what)
     texts = {"prompt": prompt.text, "answer": answer.text}
     chosen = next((m for m in summary.PREFERENCE if m in summary_vectors), None)
     what = "The answer" if plan.span == (0, len(answer.ids)) else "This part of the answer"
@@ -126,6 +153,8 @@ def build_response(
             texts=texts,
             chat=prompt.is_chat,
             what=what,
+            excluded=summary_excluded.get(chosen, (0.0, ""))[0],
+            excluded_what=summary_excluded.get(chosen, (0.0, ""))[1],
         )
         if chosen is not None
         else "No single-vector method ran; see the arrays."

@@ -21,7 +21,7 @@ from service.explain import forward as fw
 from service.explain.baselines import baseline_vector
 from service.explain.context import Context
 from service.explain.cost import Cost, ModelDims, Shape
-from service.explain.methods.base import Method, MethodOutput, register
+from service.explain.methods.base import SIGN_SUPPORTS, Method, MethodOutput, register
 from service.explain.options import IntegratedGradientsParams
 from service.explain.task import Task
 
@@ -131,6 +131,7 @@ def sequence_ig(ctx: Context, opts: IntegratedGradientsParams) -> torch.Tensor:
 @register
 class IntegratedGradients(Method):
     name = "integrated_gradients"
+    sign = SIGN_SUPPORTS
 
     def cost(self, shape: Shape, dims: ModelDims, options: Any) -> Cost:
         opts: IntegratedGradientsParams = options

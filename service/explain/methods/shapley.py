@@ -25,7 +25,7 @@ import torch
 from service.explain import forward as fw
 from service.explain.context import Context
 from service.explain.cost import Cost, ModelDims, Shape
-from service.explain.methods.base import Method, MethodOutput, register
+from service.explain.methods.base import SIGN_SUPPORTS, Method, MethodOutput, register
 from service.explain.objective import sequence_score, token_scores
 from service.explain.options import ShapleyParams
 from service.explain.task import Task
@@ -147,6 +147,7 @@ def _efficiency(values: dict[Coalition, torch.Tensor], phi: torch.Tensor, player
 @register
 class Shapley(Method):
     name = "shapley"
+    sign = SIGN_SUPPORTS
 
     def _coalitions(self, task: Task) -> int:
         opts: ShapleyParams = task.methods[self.name]
