@@ -232,7 +232,7 @@ def make_plan(
         span_start=p + span[0],
         segments=segments,
     )
-    if not any(u.kind == "prompt" for u in units):
+    if (options.methods or options.evaluate is not None) and not any(u.kind == "prompt" for u in units):
         raise InvalidRequest(
             "nothing in the prompt to attribute to: every token is excluded (template or special tokens; "
             "see include_template and include_special) or outside the segments",

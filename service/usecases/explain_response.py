@@ -89,6 +89,16 @@ def _with_token_texts(lm: LoadedModel, params: dict[str, Any]) -> dict[str, Any]
     return {**params, "top_k_tokens": texts}
 
 
+def _no_vector_summary(options: ExplainOptions, logprobs: list[float]) -> str:
+    if options.methods:
+        return "No single-vector method ran; see the arrays."
+    total = sum(logprobs)
+    return (
+        f"Scored only (no attribution method): the answer's log-probability is {total:.4g} over "
+        f"{len(logprobs)} tokens ({total / len(logprobs):.4g} per token), from one forward pass."
+    )
+
+
 def build_response(
     lm: LoadedModel,
     prompt: PromptTokens,
@@ -128,7 +138,7 @@ def build_response(
             what=what,
         )
         if chosen is not None
-        else "No single-vector method ran; see the arrays."
+        else _no_vector_summary(options, result.answer_logprobs)
     )
     target_tokens = [
         Token(
@@ -157,6 +167,7 @@ def build_response(
         prompt_text=prompt.text,
         prompt_tokens=prompt_tokens(lm, prompt),
         target_tokens=target_tokens,
+        answer_logprob=float(sum(result.answer_logprobs)),
         rows=plan.rows,
         span=list(plan.span),
         sources=[
