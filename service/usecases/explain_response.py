@@ -11,9 +11,11 @@ from schemas.common import ModelRef, Token
 from schemas.explain import (
     ArrayData,
     Attributed,
+    Evaluation,
     ExplainOptions,
     ExplainResponse,
     ExplainRowEvent,
+    FaithfulnessResult,
     MethodResult,
     Provenance,
     SourceUnit,
@@ -89,6 +91,30 @@ def _with_token_texts(lm: LoadedModel, params: dict[str, Any]) -> dict[str, Any]
     return {**params, "top_k_tokens": texts}
 
 
+def _evaluation(figures: dict[str, Any] | None) -> Evaluation | None:
+    if figures is None:
+        return None
+    if "skipped" in figures:
+        return Evaluation(skipped=figures["skipped"])
+    return Evaluation(faithfulness=FaithfulnessResult(**figures))
+
+
+def _faithfulness_sentence(evaluation: Evaluation) -> str:
+    """The measured deletion effect at the k nearest 20%, next to random deletion's."""
+    f = evaluation.faithfulness
+    if f is None:
+        return ""
+    i = min(range(len(f.k)), key=lambda j: abs(f.k[j] - 0.2))
+    units = "unit" if f.removed[i] == 1 else "units"
+    sentence = (
+        f"Deleting its top {f.k[i]:.0%} ({f.removed[i]} {units}) changes the answer's log-probability by "
+        f"{-f.comprehensiveness[i]:+.3g} nats"
+    )
+    if f.random_comprehensiveness:
+        sentence += f", deleting as many random units by {-f.random_comprehensiveness[i]:+.3g}"
+    return sentence + "."
+
+
 def _no_vector_summary(options: ExplainOptions, logprobs: list[float]) -> str:
     if options.methods:
         return "No single-vector method ran; see the arrays."
@@ -119,6 +145,7 @@ def build_response(
             sequence=None if sequence is None else present.encode(sequence, [*lead, "source"], **encode),
             params=_with_token_texts(lm, out.params),
             time_ms=round(result.timings.get(name, 0.0) * 1000, 2),
+            evaluation=_evaluation(result.evaluations.get(name)),
         )
         if not lead:
             if sequence is not None:
@@ -140,6 +167,8 @@ def build_response(
         if chosen is not None
         else _no_vector_summary(options, result.answer_logprobs)
     )
+    if chosen is not None and (evaluation := methods[chosen].evaluation) is not None:
+        text = f"{text} {_faithfulness_sentence(evaluation)}".rstrip()
     target_tokens = [
         Token(
             id=answer.ids[j],
