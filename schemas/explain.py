@@ -5,7 +5,7 @@ Pydantic only, no torch: a client can validate requests and read responses witho
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -137,6 +137,35 @@ class TargetSpan(_Strict):
         return self
 
 
+def _default_k() -> list[float]:
+    return [0.1, 0.2, 0.5]
+
+
+class FaithfulnessOptions(_Strict):
+    """Deletion test of each method's ranking: remove (or keep only) its top-k fraction of units, re-score."""
+
+    k: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
+        default_factory=_default_k,
+        min_length=1,
+        max_length=20,
+        description="Fractions of the source units (0 < k <= 1) removed (comprehensiveness) or kept (sufficiency).",
+    )
+    random: int = Field(3, ge=0, le=32, description="Seeded random unit sets per k, the baseline (their mean).")
+    seed: int = Field(0, ge=0, description="Seed of the random unit sets (same seed, same sets).")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> FaithfulnessOptions:
+        if len(set(self.k)) != len(self.k):
+            raise ValueError("`k` lists a fraction twice")
+        return self
+
+
+class EvaluateOptions(_Strict):
+    """Opt-in checks of the explanations themselves (extra forward passes, counted in the cost model)."""
+
+    faithfulness: FaithfulnessOptions | None = None
+
+
 def _default_methods() -> list[MethodName]:
     return ["input_x_gradient"]
 
@@ -148,7 +177,11 @@ def _default_scope() -> list[Scope]:
 class ExplainOptions(_Strict):
     """What to compute and how to shape it; valid in `/explain` and in `/generate`'s `explain` field."""
 
-    methods: list[MethodName] = Field(default_factory=_default_methods, min_length=1, max_length=len(METHOD_NAMES))
+    methods: list[MethodName] = Field(
+        default_factory=_default_methods,
+        max_length=len(METHOD_NAMES),
+        description="Attribution methods; `[]` only scores the target (one forward pass: its log-probabilities).",
+    )
     scope: list[Scope] = Field(
         default_factory=_default_scope,
         min_length=1,
@@ -185,6 +218,9 @@ class ExplainOptions(_Strict):
     logit_lens: LogitLensOptions = Field(default_factory=LogitLensOptions)
     occlusion: OcclusionOptions = Field(default_factory=OcclusionOptions)
     shapley: ShapleyOptions = Field(default_factory=ShapleyOptions)
+    evaluate: EvaluateOptions | None = Field(
+        None, description='`{"faithfulness": {...}}`: measure each method\'s faithfulness by deleting units.'
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ExplainOptions:
@@ -244,6 +280,40 @@ class ExcludedMass(BaseModel):
     excluded: str = Field(description="Which positions were excluded, in words.")
 
 
+class FaithfulnessResult(BaseModel):
+    """How much the answer's log-probability depends on the units a method ranks highest (nats).
+
+    Comprehensiveness at k: log p(span | input) − log p(span | input without the top-k fraction of units);
+    sufficiency at k: the same with only the top-k kept. Higher comprehensiveness and lower sufficiency
+    mean a more faithful ranking. The random figures are the mean over seeded random unit sets.
+    """
+
+    k: list[float]
+    units: int = Field(description="Source units ranked (the `sequence` sources).")
+    removed: list[int] = Field(description="Units removed (or kept) at each k: ceil(k × units).")
+    removal: Literal["delete"] = Field(description="Removed units' tokens are deleted (later positions shift).")
+    ranking: str = Field(description="Which scores ranked the units, highest first.")
+    base_logprob: float = Field(description="log p(span) with the whole input.")
+    comprehensiveness: list[float]
+    sufficiency: list[float]
+    random_comprehensiveness: list[float]
+    random_sufficiency: list[float]
+    aopc: float = Field(description="Mean comprehensiveness over k (area over the perturbation curve).")
+    aopc_sufficiency: float
+    random_aopc: float | None = None
+    beats_random: bool | None = Field(
+        None, description="The method's AOPC is larger than the random sets' (null without random sets)."
+    )
+    forwards: int = Field(description="Masked inputs this method's figures rest on (each one forward).")
+    random: int
+    seed: int
+
+
+class Evaluation(BaseModel):
+    faithfulness: FaithfulnessResult | None = None
+    skipped: str | None = Field(None, description="Why a requested evaluation could not run for this method.")
+
+
 class MethodResult(BaseModel):
     tokens: ArrayData | None = Field(None, description="[..., target, source]")
     sequence: ArrayData | None = Field(None, description="[..., source] over the first `sequence_sources` sources.")
@@ -254,6 +324,7 @@ class MethodResult(BaseModel):
     excluded_mass: ExcludedMass | None = Field(
         None, description="Present when sources were excluded and the method scores positions (not units)."
     )
+    evaluation: Evaluation | None = Field(None, description="With `evaluate`: how faithful this result is.")
 
 
 class SourceUnit(BaseModel):
@@ -294,6 +365,7 @@ class ExplainResponse(BaseModel):
     prompt_text: str
     prompt_tokens: list[Token]
     target_tokens: list[Token] = Field(description="The answer's tokens with their log-probabilities.")
+    answer_logprob: float | None = Field(None, description="Sum of the answer tokens' log-probabilities.")
     rows: list[int] = Field(description="`tokens` scope: the target token index of each row.")
     span: list[int] = Field(description="Target tokens [start, end) explained in `sequence` scope.")
     sources: list[SourceUnit]

@@ -165,3 +165,18 @@ def check(cost: Cost, limits: Limits) -> None:
             param="prompt",
             code="explain_memory_mb",
         )
+
+
+def faithfulness_inputs(units: int, removed: list[int], rankings: int) -> int:
+    """Distinct masked inputs of a faithfulness evaluation: the whole input, every unit deleted (shared by
+    all rankings when some k removes every unit), and per ranking and distinct count below ``units`` one
+    input without its top units and one with only them."""
+    if units == 0 or rankings == 0:
+        return 0
+    distinct = set(removed)
+    return 1 + (units in distinct) + 2 * len(distinct - {units}) * rankings
+
+
+def faithfulness_cost(shape: Shape, dims: ModelDims, inputs: int) -> Cost:
+    """Each masked input is one forward no longer than the whole sequence (no graph kept: no backward)."""
+    return Cost(work=inputs * shape.seq_len, memory=dims.graph_bytes(1, shape.seq_len, shape.span_len, False) // 4)

@@ -16,6 +16,7 @@ from service.errors import BudgetExceeded, InvalidRequest
 from service.explain import cost as costs
 from service.explain import methods as registry
 from service.explain.engine import total_units
+from service.explain.faithfulness import FaithfulnessParams, planned_inputs
 from service.explain.methods.attention import attention_layers, resolve
 from service.explain.methods.gradient import shared_gradient_cost
 from service.explain.options import (
@@ -247,7 +248,7 @@ def make_plan(
         span_start=p + span[0],
         segments=segments,
     )
-    if not any(u.kind == "prompt" for u in units):
+    if (options.methods or options.evaluate is not None) and not any(u.kind == "prompt" for u in units):
         raise InvalidRequest(
             "nothing in the prompt to attribute to: every token is excluded (template or special tokens; "
             "see include_template and include_special) or outside the segments",
@@ -277,6 +278,11 @@ def make_plan(
         total = total + shared_gradient_cost(shape, dims, eager=eager)
     for name in options.methods:
         total = total + registry.get(name).cost(shape, dims, methods[name])
+    evaluate = None
+    if options.evaluate is not None and options.evaluate.faithfulness is not None:
+        f = options.evaluate.faithfulness
+        evaluate = FaithfulnessParams(tuple(f.k), f.random, f.seed, options.aggregation)
+        total = total + costs.faithfulness_cost(shape, dims, planned_inputs(evaluate, methods, sequence_units))
     budget = settings.explain_memory_mb * 2**20
     chunks = costs.plan_chunks(shape, dims, budget, eager=eager, ig="integrated_gradients" in options.methods)
     chunks = _time_chunks(Chunks(*(max(1, size) for size in dataclasses.astuple(chunks))), shape, speed)
@@ -304,6 +310,7 @@ def make_plan(
         pad_id=pad_id,
         methods=methods,
         chunks=chunks,
+        evaluate=evaluate,
     )
     estimate_s = estimate_seconds(total.work, total_units(task), speed)
     limit = "the server's limit (explain_max_seconds)"

@@ -11,10 +11,12 @@ from schemas.common import ModelRef, Token
 from schemas.explain import (
     ArrayData,
     Attributed,
+    Evaluation,
     ExcludedMass,
     ExplainOptions,
     ExplainResponse,
     ExplainRowEvent,
+    FaithfulnessResult,
     MethodResult,
     Provenance,
     SourceUnit,
@@ -100,6 +102,40 @@ def sign_of(method: str, contrast: bool) -> Sign:
     return sign
 
 
+def _evaluation(figures: dict[str, Any] | None) -> Evaluation | None:
+    if figures is None:
+        return None
+    if "skipped" in figures:
+        return Evaluation(skipped=figures["skipped"])
+    return Evaluation(faithfulness=FaithfulnessResult(**figures))
+
+
+def _faithfulness_sentence(evaluation: Evaluation) -> str:
+    """The measured deletion effect at the k nearest 20%, next to random deletion's."""
+    f = evaluation.faithfulness
+    if f is None:
+        return ""
+    i = min(range(len(f.k)), key=lambda j: abs(f.k[j] - 0.2))
+    units = "unit" if f.removed[i] == 1 else "units"
+    sentence = (
+        f"Deleting its top {f.k[i]:.0%} ({f.removed[i]} {units}) changes the answer's log-probability by "
+        f"{-f.comprehensiveness[i]:+.3g} nats"
+    )
+    if f.random_comprehensiveness:
+        sentence += f", deleting as many random units by {-f.random_comprehensiveness[i]:+.3g}"
+    return sentence + "."
+
+
+def _no_vector_summary(options: ExplainOptions, logprobs: list[float]) -> str:
+    if options.methods:
+        return "No single-vector method ran; see the arrays."
+    total = sum(logprobs)
+    return (
+        f"Scored only (no attribution method): the answer's log-probability is {total:.4g} over "
+        f"{len(logprobs)} tokens ({total / len(logprobs):.4g} per token), from one forward pass."
+    )
+
+
 def build_response(
     lm: LoadedModel,
     prompt: PromptTokens,
@@ -132,6 +168,7 @@ def build_response(
                 sequence=None if mass.sequence is None else round(mass.sequence, 4),
                 excluded=mass.what,
             ),
+            evaluation=_evaluation(result.evaluations.get(name)),
         )
         if not lead:
             if sequence is not None:
@@ -157,8 +194,10 @@ def build_response(
             excluded_what=summary_excluded.get(chosen, (0.0, ""))[1],
         )
         if chosen is not None
-        else "No single-vector method ran; see the arrays."
+        else _no_vector_summary(options, result.answer_logprobs)
     )
+    if chosen is not None and (evaluation := methods[chosen].evaluation) is not None:
+        text = f"{text} {_faithfulness_sentence(evaluation)}".rstrip()
     target_tokens = [
         Token(
             id=answer.ids[j],
@@ -186,6 +225,7 @@ def build_response(
         prompt_text=prompt.text,
         prompt_tokens=prompt_tokens(lm, prompt),
         target_tokens=target_tokens,
+        answer_logprob=float(sum(result.answer_logprobs)),
         rows=plan.rows,
         span=list(plan.span),
         sources=[
