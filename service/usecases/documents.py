@@ -83,7 +83,9 @@ def place_documents(req: Placed) -> Placed:
     update: dict[str, object] = {"documents": None}
     messages: list[ChatMessage] | None = req.messages
     if messages is not None:
-        update["messages"] = [ChatMessage(role="system", content=text)] + messages
+        placed = list(messages)
+        placed.insert(0, ChatMessage(role="system", content=text))
+        update["messages"] = placed
         if options is not None:
             options = with_document_segments(_shift_messages(options), units, message=0)
     else:

@@ -4,7 +4,6 @@ runs, seeded reproducibility, answer sentences, documents in the prompt and cita
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from schemas.explain import ExplainRequest
