@@ -103,10 +103,16 @@ class ContextAttributionOptions(_Strict):
     alpha: float = Field(0.01, ge=0.0, le=10.0, description="Lasso penalty (0: ordinary least squares).")
     seed: int = Field(0, ge=0, description="Seed of the ablation sampler (same seed, same scores).")
     citation_threshold: float = Field(
-        0.5,
+        0.25,
         ge=0.0,
         description="A source is cited for an answer sentence when removing it lowers the sentence's "
-        "log-probability by at least this much (nats, by the surrogate).",
+        "log-probability by at least this much (nats, by the surrogate) ...",
+    )
+    citation_relative: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="... and by at least this share of the strongest source's effect on that sentence.",
     )
 
 

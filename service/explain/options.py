@@ -46,6 +46,7 @@ class ContextAttributionParams:
     keep_probability: float = 0.5
     alpha: float = 0.01
     seed: int = 0
-    citation_threshold: float = 0.5
+    citation_threshold: float = 0.25
+    citation_relative: float = 0.5
     #: answer sentences as [start, end) positions (filled by the planner; scored for citations)
     sentences: tuple[tuple[int, int], ...] = ()

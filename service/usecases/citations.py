@@ -1,5 +1,6 @@
 """`context_attribution`'s per-sentence scores → citations: for each answer sentence, the sources whose removal
-would lower its log-probability by at least the threshold, strongest first, or none ("unsupported")."""
+would lower its log-probability by at least the threshold (nats) and by at least a share of the strongest
+source's effect, strongest first, or none ("unsupported")."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from service.explain.units import Unit
 
 
 def citations(answer: Answer, units: list[Unit], prompt_len: int, params: dict[str, Any]) -> list[Citation]:
-    threshold = float(params["citation_threshold"])
+    absolute, relative = float(params["citation_threshold"]), float(params["citation_relative"])
     out = []
     for sentence in params.get("sentences", []):
         first, last = (p - prompt_len for p in sentence["positions"])
@@ -21,6 +22,7 @@ def citations(answer: Answer, units: list[Unit], prompt_len: int, params: dict[s
         while end > start and answer.text[end - 1].isspace():
             end -= 1
         scores = sentence["scores"]
+        threshold = max(absolute, relative * max(scores, default=0.0))
         cited = sorted(
             (
                 CitedSource(source=i, label=units[i].label or units[i].text[:40], score=round(s, 4))

@@ -69,7 +69,14 @@ def engine_options(options: ExplainOptions, name: str) -> Any:
     if name == "context_attribution":
         ca = options.context_attribution
         return ContextAttributionParams(
-            ca.mode, ca.n_ablations, ca.held_out, ca.keep_probability, ca.alpha, ca.seed, ca.citation_threshold
+            ca.mode,
+            ca.n_ablations,
+            ca.held_out,
+            ca.keep_probability,
+            ca.alpha,
+            ca.seed,
+            ca.citation_threshold,
+            ca.citation_relative,
         )
     return None
 

@@ -114,7 +114,9 @@ class ContextAttribution(Method):
         task = ctx.task
         players = players_of(task)
         params: dict[str, Any] = {
-            k: v for k, v in dataclasses.asdict(opts).items() if k not in ("sentences", "citation_threshold")
+            k: v
+            for k, v in dataclasses.asdict(opts).items()
+            if k not in ("sentences", "citation_threshold", "citation_relative")
         }
         params.update(players=len(players), masking="delete")
         if not players:
@@ -163,6 +165,7 @@ class ContextAttribution(Method):
             for i, (a, b) in enumerate(opts.sentences)
         ]
         params["citation_threshold"] = opts.citation_threshold
+        params["citation_relative"] = opts.citation_relative
         return MethodOutput(tokens=tokens, sequence=sequence, over_units=True, params=params)
 
 
