@@ -23,6 +23,7 @@ MethodName = Literal[
     "logit_lens",
     "attention_gradient",
     "shapley",
+    "context_attribution",
 ]
 METHOD_NAMES: tuple[str, ...] = MethodName.__args__  # type: ignore[attr-defined]
 
@@ -102,6 +103,33 @@ class ShapleyOptions(_Strict):
         True,
         description="Enumerate every coalition (exact values) when there are no more of them than sampling "
         "could run, i.e. 2^units <= n_samples x (units - 1) + 2.",
+    )
+
+
+class ContextAttributionOptions(_Strict):
+    """ContextCite: random ablations of the sources, and a sparse linear surrogate fitted to their effect."""
+
+    mode: Literal["lasso", "leave_one_out"] = Field(
+        "lasso",
+        description="`lasso`: `n_ablations` random keep/drop masks and a Lasso surrogate (ContextCite); "
+        "`leave_one_out`: exact effect of removing each source alone (one forward per source).",
+    )
+    n_ablations: int = Field(32, ge=4, le=4096, description="Random ablations the surrogate is fitted on.")
+    held_out: int = Field(8, ge=0, le=1024, description="Extra ablations kept out of the fit to score the surrogate.")
+    keep_probability: float = Field(0.5, gt=0.0, lt=1.0, description="Chance that a source stays in an ablation.")
+    alpha: float = Field(0.01, ge=0.0, le=10.0, description="Lasso penalty (0: ordinary least squares).")
+    seed: int = Field(0, ge=0, description="Seed of the ablation sampler (same seed, same scores).")
+    citation_threshold: float = Field(
+        0.25,
+        ge=0.0,
+        description="A source is cited for an answer sentence when removing it lowers the sentence's "
+        "log-probability by at least this much (nats, by the surrogate) ...",
+    )
+    citation_relative: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="... and by at least this share of the strongest source's effect on that sentence.",
     )
 
 
@@ -220,6 +248,10 @@ class ExplainOptions(_Strict):
     shapley: ShapleyOptions = Field(default_factory=ShapleyOptions)
     evaluate: EvaluateOptions | None = Field(
         None, description='`{"faithfulness": {...}}`: measure each method\'s faithfulness by deleting units.'
+    )
+    context_attribution: ContextAttributionOptions = Field(default_factory=ContextAttributionOptions)
+    document_units: Literal["document", "sentence"] = Field(
+        "document", description="With `documents`: each document is a unit, or each of its sentences."
     )
 
     @model_validator(mode="after")
@@ -340,6 +372,23 @@ class SourceUnit(BaseModel):
     label: str | None = None
 
 
+class CitedSource(BaseModel):
+    source: int = Field(description="Index into `sources`.")
+    label: str | None = None
+    score: float = Field(description="Drop in the sentence's log-probability without this source (nats).")
+
+
+class Citation(BaseModel):
+    """One answer sentence and the sources that support it (`context_attribution`)."""
+
+    text: str
+    start: int = Field(description="Character offsets in the answer text.")
+    end: int
+    tokens: list[int] = Field(description="Target token indices [start, end) of the sentence.")
+    sources: list[CitedSource] = Field(description="Sources at or above the threshold, strongest first.")
+    supported: bool = Field(description='False when no source reaches the threshold ("unsupported").')
+
+
 class Attributed(BaseModel):
     function: AttributedFunction
     description: str
@@ -375,6 +424,9 @@ class ExplainResponse(BaseModel):
     attributed: Attributed
     methods: dict[str, MethodResult]
     summary: str
+    citations: list[Citation] | None = Field(
+        None, description="Per answer sentence, the sources that support it (with `context_attribution`)."
+    )
     provenance: Provenance
     cache: Literal["hit", "miss", "bypass", "error"] | None = Field(
         None, description="What the response cache did (also in the `X-Cache` header); timings are the original's."

@@ -43,3 +43,17 @@ class ShapleyParams:
     masking: str = "delete"
     seed: int = 0
     exact: bool = True  # enumerate every coalition when that costs no more than sampling
+
+
+@dataclass(frozen=True)
+class ContextAttributionParams:
+    mode: str = "lasso"  # or "leave_one_out"
+    n_ablations: int = 32
+    held_out: int = 8
+    keep_probability: float = 0.5
+    alpha: float = 0.01
+    seed: int = 0
+    citation_threshold: float = 0.25
+    citation_relative: float = 0.5
+    #: answer sentences as [start, end) positions (filled by the planner; scored for citations)
+    sentences: tuple[tuple[int, int], ...] = ()

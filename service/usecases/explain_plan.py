@@ -21,6 +21,7 @@ from service.explain.methods.attention import attention_layers, resolve
 from service.explain.methods.gradient import shared_gradient_cost
 from service.explain.options import (
     AttentionParams,
+    ContextAttributionParams,
     IntegratedGradientsParams,
     LogitLensParams,
     OcclusionParams,
@@ -28,7 +29,7 @@ from service.explain.options import (
     ShapleyParams,
 )
 from service.explain.task import Chunks, Task
-from service.explain.units import SourceToken, Unit, build_units, resolve_segments
+from service.explain.units import SourceToken, Unit, build_units, resolve_segments, sentence_spans
 from service.models.calibrate import Speed
 from service.models.facts import ModelFacts
 from service.settings import Settings
@@ -69,7 +70,40 @@ def engine_options(options: ExplainOptions, name: str) -> Any:
     if name == "shapley":
         sv = options.shapley
         return ShapleyParams(sv.n_samples, sv.masking, sv.seed, sv.exact)
+    if name == "context_attribution":
+        ca = options.context_attribution
+        return ContextAttributionParams(
+            ca.mode,
+            ca.n_ablations,
+            ca.held_out,
+            ca.keep_probability,
+            ca.alpha,
+            ca.seed,
+            ca.citation_threshold,
+            ca.citation_relative,
+        )
     return None
+
+
+def answer_sentences(answer: Answer, span: tuple[int, int]) -> list[tuple[int, int]]:
+    """The answer's sentences inside the span, as answer token indices [start, end): a token belongs to the
+    sentence its first non-space character is in (whitespace-only tokens to the sentence before)."""
+    bounds = sentence_spans(answer.text)
+    owner: list[int] = []
+    for j in range(*span):
+        start, end = answer.offsets[j]
+        text = answer.text[start:end]
+        anchor = start + (len(text) - len(text.lstrip())) if text.strip() else None
+        found = next((i for i, (s, e) in enumerate(bounds) if anchor is not None and s <= anchor < e), None)
+        owner.append(found if found is not None else (owner[-1] if owner else -1))
+    out: list[tuple[int, int]] = []
+    for offset, key in enumerate(owner):
+        j = span[0] + offset
+        if out and owner[offset - 1] == key:
+            out[-1] = (out[-1][0], j + 1)
+        else:
+            out.append((j, j + 1))
+    return out
 
 
 def _time_chunks(chunks: Chunks, shape: costs.Shape, speed: Speed | None) -> Chunks:
@@ -256,6 +290,9 @@ def make_plan(
         )
     sequence_units = sum(1 for u in units if max(u.positions) < p + span[0])
     methods: dict[str, Any] = {name: engine_options(options, name) for name in options.methods}
+    if "context_attribution" in methods:
+        sentences = tuple((p + a, p + b) for a, b in answer_sentences(answer, span))
+        methods["context_attribution"] = dataclasses.replace(methods["context_attribution"], sentences=sentences)
     for name in options.methods:
         registry.get(name).validate(facts, methods[name])
     shape = costs.Shape(

@@ -30,6 +30,7 @@ from service.explain.methods.base import MethodOutput, Sign
 from service.explain.objective import DESCRIPTIONS
 from service.models.loaded import LoadedModel
 from service.usecases import explain_present as present
+from service.usecases.citations import citations
 from service.usecases.explain_plan import Plan
 from service.usecases.tokens import prompt_tokens
 
@@ -252,6 +253,11 @@ def build_response(
         ),
         methods=methods,
         summary=text,
+        citations=(
+            citations(answer, plan.units, len(prompt), result.outputs["context_attribution"].params)
+            if "context_attribution" in result.outputs
+            else None
+        ),
         provenance=Provenance(
             model=ModelRef(id=lm.name, revision=lm.revision),
             dtype=str(lm.dtype).removeprefix("torch."),

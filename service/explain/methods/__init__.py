@@ -3,6 +3,7 @@
 from service.explain.methods import (
     attention,
     attention_gradient,
+    context_attribution,
     gradient,
     integrated_gradients,
     logit_lens,
@@ -17,6 +18,7 @@ __all__ = [
     "MethodOutput",
     "attention",
     "attention_gradient",
+    "context_attribution",
     "get",
     "gradient",
     "integrated_gradients",
