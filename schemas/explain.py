@@ -24,6 +24,7 @@ MethodName = Literal[
     "attention_gradient",
     "shapley",
     "context_attribution",
+    "counterfactual",
 ]
 METHOD_NAMES: tuple[str, ...] = MethodName.__args__  # type: ignore[attr-defined]
 
@@ -130,6 +131,20 @@ class ContextAttributionOptions(_Strict):
         ge=0.0,
         le=1.0,
         description="... and by at least this share of the strongest source's effect on that sentence.",
+    )
+
+
+class CounterfactualOptions(_Strict):
+    """The smallest set of units, in ranked order, whose removal changes the greedy answer (re-generated)."""
+
+    rank_by: Literal["input_x_gradient", "leave_one_out"] = Field(
+        "input_x_gradient",
+        description="How units are ranked: input × gradient (one backward) or leave-one-out (a forward per unit).",
+    )
+    max_runs: int = Field(8, ge=1, le=256, description="Re-generations the search may spend (the reference included).")
+    max_units: int = Field(8, ge=1, le=1000, description="The largest set of units tried.")
+    compare_tokens: int | None = Field(
+        None, ge=1, le=10_000, description="The first k answer tokens decide whether it changed (all if omitted)."
     )
 
 
@@ -250,6 +265,7 @@ class ExplainOptions(_Strict):
         None, description='`{"faithfulness": {...}}`: measure each method\'s faithfulness by deleting units.'
     )
     context_attribution: ContextAttributionOptions = Field(default_factory=ContextAttributionOptions)
+    counterfactual: CounterfactualOptions = Field(default_factory=CounterfactualOptions)
     document_units: Literal["document", "sentence"] = Field(
         "document", description="With `documents`: each document is a unit, or each of its sentences."
     )

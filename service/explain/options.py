@@ -57,3 +57,11 @@ class ContextAttributionParams:
     citation_relative: float = 0.5
     #: answer sentences as [start, end) positions (filled by the planner; scored for citations)
     sentences: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class CounterfactualParams:
+    rank_by: str = "input_x_gradient"  # or "leave_one_out"
+    max_runs: int = 8  # re-generations the search may spend (the reference generation included)
+    max_units: int = 8  # the largest set tried
+    compare_tokens: int | None = None  # the first k answer tokens decide "changed" (None: the whole answer)

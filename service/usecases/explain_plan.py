@@ -22,6 +22,7 @@ from service.explain.methods.gradient import shared_gradient_cost
 from service.explain.options import (
     AttentionParams,
     ContextAttributionParams,
+    CounterfactualParams,
     IntegratedGradientsParams,
     LogitLensParams,
     OcclusionParams,
@@ -82,6 +83,9 @@ def engine_options(options: ExplainOptions, name: str) -> Any:
             ca.citation_threshold,
             ca.citation_relative,
         )
+    if name == "counterfactual":
+        cf = options.counterfactual
+        return CounterfactualParams(cf.rank_by, cf.max_runs, cf.max_units, cf.compare_tokens)
     return None
 
 

@@ -86,13 +86,32 @@ def _unit_arrays(out: MethodOutput, plan: Plan, aggregation: str) -> tuple[np.nd
 
 
 def _with_token_texts(lm: LoadedModel, params: dict[str, Any]) -> dict[str, Any]:
-    """Token ids a method reports in its params (logit lens's top-k) gain their texts: a client has no vocabulary."""
+    """Token ids a method reports in its params (logit lens's top-k, a counterfactual's answers) gain their
+    texts: a client has no vocabulary."""
+    out = dict(params)
     ids = params.get("top_k_ids")
-    if not ids:
-        return params
-    decode = lm.tokenizer.convert_ids_to_tokens
-    texts = [[[lm.tokenizer.convert_tokens_to_string([t]) for t in decode(cell)] for cell in row] for row in ids]
-    return {**params, "top_k_tokens": texts}
+    if ids:
+        decode = lm.tokenizer.convert_ids_to_tokens
+        out["top_k_tokens"] = [
+            [[lm.tokenizer.convert_tokens_to_string([t]) for t in decode(cell)] for cell in row] for row in ids
+        ]
+    for key, text in (("new_answer_ids", "new_answer"), ("reference_ids", "reference_answer")):
+        if key in params:
+            out[text] = lm.tokenizer.decode(params[key], skip_special_tokens=True)
+    return out
+
+
+def counterfactual_sentence(params: dict[str, Any], units: list[Any]) -> str:
+    """ "Without 'France', the answer is 'Berlin ...'." — or the honest "not found"."""
+    if not params.get("found"):
+        return (
+            f"No counterfactual within {params.get('runs', 0)} generations: removing up to "
+            f"{min(params.get('max_units', 0), params.get('players', 0))} top-ranked units did not change the answer."
+        )
+    names = ", ".join(f"'{units[i].text}'" for i in params["removed_units"])
+    if "new_answer" not in params:
+        return f"Without {names}, the contrast becomes more likely than the answer."
+    return f"Without {names}, the answer is '{params['new_answer'].strip()}'."
 
 
 def sign_of(method: str, contrast: bool) -> Sign:
@@ -197,6 +216,8 @@ def build_response(
         if chosen is not None
         else _no_vector_summary(options, result.answer_logprobs)
     )
+    if "counterfactual" in methods:
+        text = f"{text} {counterfactual_sentence(methods['counterfactual'].params, plan.units)}"
     if chosen is not None and (evaluation := methods[chosen].evaluation) is not None:
         text = f"{text} {_faithfulness_sentence(evaluation)}".rstrip()
     target_tokens = [
