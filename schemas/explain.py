@@ -266,6 +266,12 @@ class ExplainOptions(_Strict):
     )
     context_attribution: ContextAttributionOptions = Field(default_factory=ContextAttributionOptions)
     counterfactual: CounterfactualOptions = Field(default_factory=CounterfactualOptions)
+    self_explanation: bool = Field(
+        False,
+        description="Ask the model, in a follow-up turn, why it gave its answer, and check that account against "
+        "the attributions (`self_explanation` in the response).",
+    )
+    self_explanation_tokens: int = Field(64, ge=1, le=1024, description="Longest self-explanation generated.")
     document_units: Literal["document", "sentence"] = Field(
         "document", description="With `documents`: each document is a unit, or each of its sentences."
     )
@@ -405,6 +411,20 @@ class Citation(BaseModel):
     supported: bool = Field(description='False when no source reaches the threshold ("unsupported").')
 
 
+class SelfExplanation(BaseModel):
+    """The model's own account of its answer, held against the evidence (the summary's method)."""
+
+    text: str = Field(description="What the model said when asked why (greedy, in a follow-up turn).")
+    question: str = Field(description="The follow-up question it was asked.")
+    method: str = Field(description="The attribution method the account is checked against.")
+    mentioned: list[int] = Field(description="Indices into `sources` of the sources the account names.")
+    mentioned_share: float = Field(description="Their share of the method's absolute attribution mass.")
+    top_sources: list[int] = Field(description="The three strongest sources by |score|.")
+    top_mentioned: list[bool] = Field(description="Whether the account names each of them.")
+    agrees: bool = Field(description="It names the strongest source, or sources holding half the mass or more.")
+    verdict: str = Field(description="The finding in one plain sentence.")
+
+
 class Attributed(BaseModel):
     function: AttributedFunction
     description: str
@@ -440,6 +460,7 @@ class ExplainResponse(BaseModel):
     attributed: Attributed
     methods: dict[str, MethodResult]
     summary: str
+    self_explanation: SelfExplanation | None = Field(None, description="With `self_explanation: true`.")
     citations: list[Citation] | None = Field(
         None, description="Per answer sentence, the sources that support it (with `context_attribution`)."
     )

@@ -32,6 +32,7 @@ from service.models.loaded import LoadedModel
 from service.usecases import explain_present as present
 from service.usecases.citations import citations
 from service.usecases.explain_plan import Plan
+from service.usecases.self_explanation import check as self_check
 from service.usecases.tokens import prompt_tokens
 
 
@@ -164,7 +165,9 @@ def build_response(
     options: ExplainOptions,
     plan: Plan,
     result: engine.EngineResult,
+    account: str | None = None,
 ) -> ExplainResponse:
+    """``account``: the model's self-explanation, checked here against the summary's method."""
     encode = encoding_options(options)
     methods: dict[str, MethodResult] = {}
     summary_vectors: dict[str, np.ndarray] = {}
@@ -274,6 +277,11 @@ def build_response(
         ),
         methods=methods,
         summary=text,
+        self_explanation=(
+            self_check(account, plan.units[: plan.sequence_units], summary_vectors[chosen], chosen)
+            if account is not None and chosen is not None
+            else None
+        ),
         citations=(
             citations(answer, plan.units, len(prompt), result.outputs["context_attribution"].params)
             if "context_attribution" in result.outputs
