@@ -203,10 +203,24 @@ class FaithfulnessOptions(_Strict):
         return self
 
 
+class StabilityOptions(_Strict):
+    """Re-explain under small seeded perturbations; compare each method's scores over the units left."""
+
+    perturbations: int = Field(3, ge=1, le=32, description="Perturbed inputs (each re-runs every method).")
+    kind: Literal["drop", "replace"] = Field(
+        "drop", description="Low-importance units are deleted, or replaced by the pad token (positions kept)."
+    )
+    fraction: float = Field(0.1, ge=0.0, le=0.5, description="Share of the source units each perturbation touches.")
+    k: int = Field(5, ge=1, le=100, description="Top-k overlap: the k strongest units before and after.")
+    seed: int = Field(0, ge=0, description="Same seed, same perturbations.")
+    regenerate: bool = Field(True, description="Re-generate the greedy answer on each perturbed input.")
+
+
 class EvaluateOptions(_Strict):
     """Opt-in checks of the explanations themselves (extra forward passes, counted in the cost model)."""
 
     faithfulness: FaithfulnessOptions | None = None
+    stability: StabilityOptions | None = None
 
 
 def _default_methods() -> list[MethodName]:
@@ -363,8 +377,26 @@ class FaithfulnessResult(BaseModel):
     seed: int
 
 
+class StabilityResult(BaseModel):
+    """How much the explanation moves under small input changes (1.0: not at all)."""
+
+    rho: list[float] = Field(description="Spearman's rank correlation over the units left, per perturbation.")
+    top_k_overlap: list[float] = Field(description="Shared share of the k strongest units, per perturbation.")
+    mean_rho: float
+    mean_top_k_overlap: float
+    k: int
+    kind: str
+    fraction: float
+    perturbations: int
+    seed: int
+    touched_units: list[list[int]] = Field(description="Indices into `sources` each perturbation touched.")
+    answer_changed: list[bool] | None = Field(None, description="The greedy answer differs, per perturbation.")
+    stable: bool = Field(description="Mean rank correlation at least 0.5.")
+
+
 class Evaluation(BaseModel):
     faithfulness: FaithfulnessResult | None = None
+    stability: StabilityResult | None = None
     skipped: str | None = Field(None, description="Why a requested evaluation could not run for this method.")
 
 

@@ -40,6 +40,7 @@ class Task:
     methods: dict[str, Any] = field(default_factory=dict)  # method name -> its options (pydantic model)
     chunks: Chunks = field(default_factory=Chunks)
     evaluate: Any = None  # faithfulness.FaithfulnessParams: re-score the answer with units deleted
+    stability: Any = None  # stability.StabilityParams: re-explain under small perturbations
 
     def __post_init__(self) -> None:
         if not self.included:

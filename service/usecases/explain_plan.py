@@ -29,6 +29,7 @@ from service.explain.options import (
     RolloutParams,
     ShapleyParams,
 )
+from service.explain.stability import StabilityParams
 from service.explain.task import Chunks, Task
 from service.explain.units import SourceToken, Unit, build_units, resolve_segments, sentence_spans
 from service.models.calibrate import Speed
@@ -324,6 +325,15 @@ def make_plan(
         f = options.evaluate.faithfulness
         evaluate = FaithfulnessParams(tuple(f.k), f.random, f.seed, options.aggregation)
         total = total + costs.faithfulness_cost(shape, dims, planned_inputs(evaluate, methods, sequence_units))
+    stable = None
+    if options.evaluate is not None and options.evaluate.stability is not None:
+        st = options.evaluate.stability
+        stable = StabilityParams(
+            st.perturbations, st.kind, st.fraction, st.k, st.seed, st.regenerate, options.aggregation
+        )
+        # every method again per perturbation, and a greedy generation of the answer's length per input
+        regenerate = (st.perturbations + 1) * (p + 2 * len(answer.ids)) if st.regenerate else 0
+        total = costs.Cost(work=total.work * (1 + st.perturbations) + regenerate, memory=total.memory)
     budget = settings.explain_memory_mb * 2**20
     chunks = costs.plan_chunks(shape, dims, budget, eager=eager, ig="integrated_gradients" in options.methods)
     chunks = _time_chunks(Chunks(*(max(1, size) for size in dataclasses.astuple(chunks))), shape, speed)
@@ -352,6 +362,7 @@ def make_plan(
         methods=methods,
         chunks=chunks,
         evaluate=evaluate,
+        stability=stable,
     )
     estimate_s = estimate_seconds(total.work, total_units(task), speed)
     limit = "the server's limit (explain_max_seconds)"

@@ -20,6 +20,7 @@ from schemas.explain import (
     MethodResult,
     Provenance,
     SourceUnit,
+    StabilityResult,
 )
 from service.engine.continuation import Answer
 from service.engine.prompt import PromptTokens
@@ -123,12 +124,30 @@ def sign_of(method: str, contrast: bool) -> Sign:
     return sign
 
 
-def _evaluation(figures: dict[str, Any] | None) -> Evaluation | None:
-    if figures is None:
+def _evaluation(figures: dict[str, Any] | None, stable: dict[str, Any] | None = None) -> Evaluation | None:
+    if figures is None and stable is None:
         return None
-    if "skipped" in figures:
-        return Evaluation(skipped=figures["skipped"])
-    return Evaluation(faithfulness=FaithfulnessResult(**figures))
+    skipped = [f["skipped"] for f in (figures, stable) if f is not None and "skipped" in f]
+    return Evaluation(
+        faithfulness=FaithfulnessResult(**figures) if figures is not None and "skipped" not in figures else None,
+        stability=StabilityResult(**stable) if stable is not None and "skipped" not in stable else None,
+        skipped="; ".join(skipped) or None,
+    )
+
+
+def _stability_sentence(evaluation: Evaluation) -> str:
+    s = evaluation.stability
+    if s is None:
+        return ""
+    changed = sum(s.answer_changed or [])
+    answer = f"; the answer changed under {changed} of {s.perturbations}" if changed else ""
+    if s.stable:
+        held = f"mean rank correlation {s.mean_rho:.2f}"
+        return f"Under {s.perturbations} small perturbations the ranking holds ({held}){answer}."
+    return (
+        f"Warning: this explanation is unstable: {s.perturbations} small perturbations of unimportant words move "
+        f"it (mean rank correlation {s.mean_rho:.2f}, top-{s.k} overlap {s.mean_top_k_overlap:.0%}){answer}."
+    )
 
 
 def _faithfulness_sentence(evaluation: Evaluation) -> str:
@@ -191,7 +210,7 @@ def build_response(
                 sequence=None if mass.sequence is None else round(mass.sequence, 4),
                 excluded=mass.what,
             ),
-            evaluation=_evaluation(result.evaluations.get(name)),
+            evaluation=_evaluation(result.evaluations.get(name), result.stability.get(name)),
         )
         if not lead:
             if sequence is not None:
@@ -223,6 +242,7 @@ def build_response(
         text = f"{text} {counterfactual_sentence(methods['counterfactual'].params, plan.units)}"
     if chosen is not None and (evaluation := methods[chosen].evaluation) is not None:
         text = f"{text} {_faithfulness_sentence(evaluation)}".rstrip()
+        text = f"{text} {_stability_sentence(evaluation)}".rstrip()
     target_tokens = [
         Token(
             id=answer.ids[j],

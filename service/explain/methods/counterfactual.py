@@ -26,7 +26,7 @@ from service.explain.options import CounterfactualParams
 from service.explain.task import Task
 
 
-def _greedy(ctx: Context, prompt: list[int], tokens: int) -> list[int]:
+def greedy(ctx: Context, prompt: list[int], tokens: int) -> list[int]:
     """Greedy continuation of ``prompt`` (the model's own decoding, with its cache), up to ``tokens``."""
     with torch.no_grad():
         ids = torch.tensor([prompt], device=ctx.device)
@@ -89,7 +89,7 @@ class Counterfactual(Method):
         runs = 0
         reference: list[int] | None = None
         if contrast is None:
-            reference = _greedy(ctx, prompt, tokens)  # what the model says on the whole input
+            reference = greedy(ctx, prompt, tokens)  # what the model says on the whole input
             runs += 1
             ctx.unit(self.name)
         found: dict[str, Any] | None = None
@@ -102,7 +102,7 @@ class Counterfactual(Method):
             runs += 1
             if contrast is None:
                 assert reference is not None
-                new = _greedy(ctx, kept, tokens)
+                new = greedy(ctx, kept, tokens)
                 ctx.unit(self.name)
                 if new[:tokens] != reference[:tokens]:
                     found = {"removed": sorted(removed), "new_answer_ids": new}
