@@ -62,6 +62,15 @@ class ModelDims:
         """One set of attention weights (float32) over every attention layer."""
         return self.attending * self.heads * seq * seq * 4
 
+    def token_pass_flops(self) -> int:
+        """Multiply-adds of one token through the model's matrices (attention scores left out): the unit of work."""
+        return self.layers * (4 * self.hidden * self.hidden + 3 * self.hidden * self.intermediate)
+
+    def token_passes(self, flops: int) -> int:
+        """Work in token passes of a computation of ``flops`` multiply-adds outside the model (rounded up)."""
+        per = max(1, self.token_pass_flops())
+        return -(-flops // per)
+
     def graph_bytes(self, batch: int, seq: int, kept: int, eager: bool) -> int:
         """Activations a forward keeps for backward, plus the kept logits (float32, with softmax)."""
         per_token = self.layers * (8 * self.hidden + 3 * self.intermediate) * self.elem
@@ -156,3 +165,18 @@ def check(cost: Cost, limits: Limits) -> None:
             param="prompt",
             code="explain_memory_mb",
         )
+
+
+def faithfulness_inputs(units: int, removed: list[int], rankings: int) -> int:
+    """Distinct masked inputs of a faithfulness evaluation: the whole input, every unit deleted (shared by
+    all rankings when some k removes every unit), and per ranking and distinct count below ``units`` one
+    input without its top units and one with only them."""
+    if units == 0 or rankings == 0:
+        return 0
+    distinct = set(removed)
+    return 1 + (units in distinct) + 2 * len(distinct - {units}) * rankings
+
+
+def faithfulness_cost(shape: Shape, dims: ModelDims, inputs: int) -> Cost:
+    """Each masked input is one forward no longer than the whole sequence (no graph kept: no backward)."""
+    return Cost(work=inputs * shape.seq_len, memory=dims.graph_bytes(1, shape.seq_len, shape.span_len, False) // 4)

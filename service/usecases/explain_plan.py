@@ -16,17 +16,22 @@ from service.errors import BudgetExceeded, InvalidRequest
 from service.explain import cost as costs
 from service.explain import methods as registry
 from service.explain.engine import total_units
+from service.explain.faithfulness import FaithfulnessParams, planned_inputs
 from service.explain.methods.attention import attention_layers, resolve
 from service.explain.methods.gradient import shared_gradient_cost
 from service.explain.options import (
     AttentionParams,
+    ContextAttributionParams,
+    CounterfactualParams,
     IntegratedGradientsParams,
     LogitLensParams,
+    OcclusionParams,
     RolloutParams,
     ShapleyParams,
 )
+from service.explain.stability import StabilityParams
 from service.explain.task import Chunks, Task
-from service.explain.units import SourceToken, Unit, build_units, resolve_segments
+from service.explain.units import SourceToken, Unit, build_units, resolve_segments, sentence_spans
 from service.models.calibrate import Speed
 from service.models.facts import ModelFacts
 from service.settings import Settings
@@ -55,16 +60,55 @@ def engine_options(options: ExplainOptions, name: str) -> Any:
         heads = tuple(att.heads) if att.heads is not None else None
         return AttentionParams(layers, heads, att.reduce_heads, att.reduce_layers)
     if name == "attention_rollout":
-        return RolloutParams(options.attention_rollout.residual)
+        ro = options.attention_rollout
+        return RolloutParams(ro.residual, tuple(ro.layers) if ro.layers is not None else None)
     if name == "integrated_gradients":
         ig = options.integrated_gradients
         return IntegratedGradientsParams(ig.n_steps, ig.baseline, ig.rule)
     if name == "logit_lens":
         return LogitLensParams(options.logit_lens.top_k)
+    if name == "occlusion":
+        return OcclusionParams(options.occlusion.mode, options.occlusion.replace_with)
     if name == "shapley":
         sv = options.shapley
         return ShapleyParams(sv.n_samples, sv.masking, sv.seed, sv.exact)
+    if name == "context_attribution":
+        ca = options.context_attribution
+        return ContextAttributionParams(
+            ca.mode,
+            ca.n_ablations,
+            ca.held_out,
+            ca.keep_probability,
+            ca.alpha,
+            ca.seed,
+            ca.citation_threshold,
+            ca.citation_relative,
+        )
+    if name == "counterfactual":
+        cf = options.counterfactual
+        return CounterfactualParams(cf.rank_by, cf.max_runs, cf.max_units, cf.compare_tokens)
     return None
+
+
+def answer_sentences(answer: Answer, span: tuple[int, int]) -> list[tuple[int, int]]:
+    """The answer's sentences inside the span, as answer token indices [start, end): a token belongs to the
+    sentence its first non-space character is in (whitespace-only tokens to the sentence before)."""
+    bounds = sentence_spans(answer.text)
+    owner: list[int] = []
+    for j in range(*span):
+        start, end = answer.offsets[j]
+        text = answer.text[start:end]
+        anchor = start + (len(text) - len(text.lstrip())) if text.strip() else None
+        found = next((i for i, (s, e) in enumerate(bounds) if anchor is not None and s <= anchor < e), None)
+        owner.append(found if found is not None else (owner[-1] if owner else -1))
+    out: list[tuple[int, int]] = []
+    for offset, key in enumerate(owner):
+        j = span[0] + offset
+        if out and owner[offset - 1] == key:
+            out[-1] = (out[-1][0], j + 1)
+        else:
+            out.append((j, j + 1))
+    return out
 
 
 def _time_chunks(chunks: Chunks, shape: costs.Shape, speed: Speed | None) -> Chunks:
@@ -243,7 +287,7 @@ def make_plan(
         span_start=p + span[0],
         segments=segments,
     )
-    if not any(u.kind == "prompt" for u in units):
+    if (options.methods or options.evaluate is not None) and not any(u.kind == "prompt" for u in units):
         raise InvalidRequest(
             "nothing in the prompt to attribute to: every token is excluded (template or special tokens; "
             "see include_template and include_special) or outside the segments",
@@ -251,6 +295,9 @@ def make_plan(
         )
     sequence_units = sum(1 for u in units if max(u.positions) < p + span[0])
     methods: dict[str, Any] = {name: engine_options(options, name) for name in options.methods}
+    if "context_attribution" in methods:
+        sentences = tuple((p + a, p + b) for a, b in answer_sentences(answer, span))
+        methods["context_attribution"] = dataclasses.replace(methods["context_attribution"], sentences=sentences)
     for name in options.methods:
         registry.get(name).validate(facts, methods[name])
     shape = costs.Shape(
@@ -273,6 +320,20 @@ def make_plan(
         total = total + shared_gradient_cost(shape, dims, eager=eager)
     for name in options.methods:
         total = total + registry.get(name).cost(shape, dims, methods[name])
+    evaluate = None
+    if options.evaluate is not None and options.evaluate.faithfulness is not None:
+        f = options.evaluate.faithfulness
+        evaluate = FaithfulnessParams(tuple(f.k), f.random, f.seed, options.aggregation)
+        total = total + costs.faithfulness_cost(shape, dims, planned_inputs(evaluate, methods, sequence_units))
+    stable = None
+    if options.evaluate is not None and options.evaluate.stability is not None:
+        st = options.evaluate.stability
+        stable = StabilityParams(
+            st.perturbations, st.kind, st.fraction, st.k, st.seed, st.regenerate, options.aggregation
+        )
+        # every method again per perturbation, and a greedy generation of the answer's length per input
+        regenerate = (st.perturbations + 1) * (p + 2 * len(answer.ids)) if st.regenerate else 0
+        total = costs.Cost(work=total.work * (1 + st.perturbations) + regenerate, memory=total.memory)
     budget = settings.explain_memory_mb * 2**20
     chunks = costs.plan_chunks(shape, dims, budget, eager=eager, ig="integrated_gradients" in options.methods)
     chunks = _time_chunks(Chunks(*(max(1, size) for size in dataclasses.astuple(chunks))), shape, speed)
@@ -300,6 +361,8 @@ def make_plan(
         pad_id=pad_id,
         methods=methods,
         chunks=chunks,
+        evaluate=evaluate,
+        stability=stable,
     )
     estimate_s = estimate_seconds(total.work, total_units(task), speed)
     limit = "the server's limit (explain_max_seconds)"

@@ -10,7 +10,7 @@ import torch
 from service.errors import InvalidRequest
 from service.explain.context import Context
 from service.explain.cost import Cost, ModelDims, Shape
-from service.explain.methods.base import Method, MethodOutput, register
+from service.explain.methods.base import SIGN_MAGNITUDE, Method, MethodOutput, register
 from service.explain.options import AttentionParams
 from service.models.facts import ModelFacts, facts_of
 
@@ -74,6 +74,7 @@ class AttentionMethod(Method):
 @register
 class Attention(AttentionMethod):
     name = "attention"
+    sign = SIGN_MAGNITUDE
 
     def validate(self, facts: ModelFacts, options: Any) -> None:
         opts: AttentionParams = options

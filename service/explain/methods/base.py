@@ -26,8 +26,28 @@ class MethodOutput:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Sign:
+    """How to read a method's scores: signed (support vs. against) or magnitudes, and which way is support."""
+
+    signed: bool
+    meaning: str
+
+
+SIGN_SUPPORTS = Sign(True, "positive supports the answer (raises the attributed function), negative weighs against it")
+SIGN_MAGNITUDE = Sign(False, "magnitude only: larger means more influence, in no stated direction")
+SIGN_RELEVANCE = Sign(
+    False,
+    "magnitude only (non-negative relevance); with a sequence-scope contrast, the difference: positive favours "
+    "the answer over the contrast",
+)
+SIGN_NOT_SOURCES = Sign(False, "not source scores: per-layer ranks and log-probabilities of the target")
+
+
 class Method(ABC):
     name: ClassVar[str]
+    #: Every method states it (a test checks the registry); the response carries it as `signed`/`sign_meaning`.
+    sign: ClassVar[Sign]
     #: Needs attention weights from the shared forward (eager attention).
     needs_attention: ClassVar[bool] = False
     #: Needs gradients of the shared forward (saliency and input × gradient share them).

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 from service.explain import forward as fw
 from service.explain.context import Context
 from service.explain.cost import Cost, ModelDims, Shape
-from service.explain.methods.base import Method, MethodOutput, register
+from service.explain.methods.base import SIGN_NOT_SOURCES, Method, MethodOutput, register
 from service.explain.objective import logprobs, token_scores
 from service.explain.options import LogitLensParams
 from service.explain.state import decoder_layers, is_paused
@@ -83,6 +83,7 @@ def read_layers(ctx: Context, targets: list[int], top_k: int) -> dict[str, torch
 @register
 class LogitLens(Method):
     name = "logit_lens"
+    sign = SIGN_NOT_SOURCES
 
     def refusal(self, facts: ModelFacts) -> str | None:
         if facts.final_norm is None or not facts.has_output_head:
