@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import statistics
 import time
+from unittest import mock
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
@@ -88,12 +89,8 @@ def main() -> None:
         for name in ("llama", "mistral"):
             elapsed, ids[name] = timed(lms[name], args.new_tokens)
             times[name].append(elapsed)
-        real = batcher_module.cache_support
-        batcher_module.cache_support = lambda model: serial  # type: ignore[assignment]
-        try:
+        with mock.patch.object(batcher_module, "cache_support", lambda model: serial):
             elapsed, ids["mistral serial"] = timed(lms["mistral"], args.new_tokens)
-        finally:
-            batcher_module.cache_support = real
         times["mistral serial"].append(elapsed)
     assert ids["llama"] == ids["mistral"] == ids["mistral serial"], "identical weights must give identical tokens"
     base = statistics.median(times["llama"])

@@ -156,9 +156,11 @@ def _merge_trial(model: PreTrainedModel, device: torch.device) -> tuple[str, str
         out = model(**prefill_inputs("cache", ids))  # a fresh cache: the solo step extended the first
         batch.add(out.cache, ids.shape[1])
     merged = model(**batch.step_inputs([int(ids[0, -1]) for ids in prompts])).logits[:, -1].float()
+    # Padding changes the order of floating-point sums, not the result: allow rounding, never a wrong key.
+    tolerance = 1e-2 if model.dtype == torch.float32 else 5e-2
     for i, reference in enumerate(solo):
         scale = float(reference.abs().max()) or 1.0
-        if float((merged[i] - reference).abs().max()) > 1e-2 * scale:
+        if float((merged[i] - reference).abs().max()) > tolerance * scale:
             return "merge_mismatch", "a merged decode step differs from the same step decoded alone"
     return None
 
