@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,30 @@ def test_family_batching_check_agrees_with_a_real_merge(client: TestClient, fami
             for row, (serial, token) in enumerate(zip(solo, feed, strict=True)):
                 alone = model(**serial.step_inputs(token)).logits[0, -1]
                 torch.testing.assert_close(merged[row], alone, atol=1e-4, rtol=1e-4)
+
+
+def metric(client: TestClient, name: str, model: str) -> float | None:
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels.get("model") == model:
+                return float(sample.value)
+    return None
+
+
+@pytest.mark.parametrize("family", ["minimax", "rwkv", "recurrent_gemma", "jamba", "mistral_window", "gemma3"])
+def test_family_concurrent_http_requests_all_answered_and_every_slot_freed(client: TestClient, family: str) -> None:
+    """Concurrent /generate requests (MiniMax's used to hang the joining one and leak a slot): every one is
+    answered 200 with its single-request answer, and the in-flight gauge is back to 0."""
+    prompts = ["Hello", "The capital of France is", "What", "Glassbox explains why"]
+    bodies = [{"model": family, "prompt": p, "max_new_tokens": 4} for p in prompts]
+    single = [client.post("/generate", json=body).json() for body in bodies]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(lambda body: client.post("/generate", json=body), bodies))
+    assert [a.status_code for a in answers] == [200] * len(bodies), [a.text for a in answers]
+    for answer, alone in zip(answers, single, strict=True):
+        assert [t["id"] for t in answer.json()["tokens"]] == [t["id"] for t in alone["tokens"]]
+        assert answer.json()["text"] == alone["text"]
+    assert metric(client, "glassbox_inflight_requests", family) == 0
 
 
 def test_metrics_say_which_models_batch(client: TestClient) -> None:
