@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 #: Bump when the stored value layout or key derivation changes: old entries then never match.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: explain method results carry signed, sign_meaning, excluded_mass
 
 #: Namespace of every Redis key this package writes.
 KEY_PREFIX = f"glassbox:cache:v{CACHE_FORMAT_VERSION}"

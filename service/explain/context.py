@@ -24,7 +24,7 @@ class Forward:
     span_score: torch.Tensor | None  # [1] attributed function of the span (sequence scope)
     answer_logprobs: list[float]  # every answer token's log-probability
     foil_logprobs: list[float] | None
-    attentions: tuple[torch.Tensor, ...] | None
+    attentions: fw.Attentions | None  # per decoder layer, None where a layer has no attention weights
 
 
 @dataclass

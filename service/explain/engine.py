@@ -6,9 +6,11 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from transformers import PreTrainedModel
 
+from service.explain import faithfulness
 from service.explain import methods as registry
 from service.explain.checkpoint import NO_CHECKPOINT, Checkpoint, RowsCallback
 from service.explain.context import Context
@@ -24,6 +26,7 @@ class EngineResult:
     foil_logprobs: list[float] | None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     units: int = 0  # units of work run
+    evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> faithfulness figures
 
 
 def shared_gradient_units(task: Task) -> int:
@@ -35,7 +38,8 @@ def total_units(task: Task) -> int:
     """Units the progress bar counts: the forward, the shared gradients, each method's own, one per method."""
     methods = [registry.get(name) for name in task.methods]
     gradients = any(m.needs_gradients for m in methods)
-    return 1 + (shared_gradient_units(task) if gradients else 0) + sum(m.units(task) + 1 for m in methods)
+    own = sum(m.units(task) + 1 for m in methods)
+    return 1 + (shared_gradient_units(task) if gradients else 0) + own + faithfulness.units(task)
 
 
 def explain(
@@ -71,6 +75,13 @@ def explain(
                 ctx.emit_rows(method.name, range(len(task.rows)), out.tokens, over_units=out.over_units)
             timings[method.name] = time.perf_counter() - started
             ctx.unit(method.name)
-        result = EngineResult(outputs, forward.answer_logprobs, forward.foil_logprobs, timings, ctx.done_units)
+        evaluations = {}
+        if task.evaluate is not None:
+            started = time.perf_counter()
+            evaluations = faithfulness.run(ctx, outputs)
+            timings["faithfulness"] = time.perf_counter() - started
+        result = EngineResult(
+            outputs, forward.answer_logprobs, forward.foil_logprobs, timings, ctx.done_units, evaluations
+        )
         del ctx, forward  # drop the graph before leaving the model's thread
     return result

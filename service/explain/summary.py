@@ -32,6 +32,10 @@ LABELS = {
 }
 
 
+#: Excluded mass at or above this share is mentioned in the sentence.
+EXCLUDED_NOTABLE = 0.10
+
+
 @dataclass
 class _Phrase:
     units: list[int]
@@ -72,12 +76,15 @@ def summarize(
     texts: dict[str, str],
     chat: bool,
     what: str = "The answer",
+    excluded: float = 0.0,
+    excluded_what: str = "",
 ) -> str:
-    """``scores`` is one value per unit (the sequence vector, or the rows summed)."""
+    """``scores`` is one value per unit (the sequence vector, or the rows summed); ``excluded`` is the share
+    of the raw absolute mass on positions not shown, so shares are of the whole mass, never renormalised."""
     if scores.size == 0 or not np.any(scores):
         return f"{what} shows no measurable dependence on the input ({LABELS.get(method, method)})."
     magnitude = np.abs(scores)
-    share = magnitude / magnitude.sum()
+    share = magnitude / magnitude.sum() * (1.0 - excluded)
     order = [int(i) for i in np.argsort(-magnitude) if share[i] >= 0.04][:6] or [int(np.argmax(magnitude))]
     supporting = [i for i in order if scores[i] > 0]
     against = [i for i in order[:3] if scores[i] < 0]
@@ -94,6 +101,8 @@ def summarize(
     if against:
         phrase = _phrases(share * np.sign(scores), units, against[:1], texts)[0]
         sentence += f"; '{_text(phrase, units, texts)}' ({abs(phrase.score):.0%}) weighs against it"
+    if excluded >= EXCLUDED_NOTABLE:
+        sentence += f"; {excluded:.0%} of it falls on excluded {excluded_what or 'tokens'}, not shown"
     return sentence + f" ({LABELS.get(method, method)}, share of absolute attribution)."
 
 

@@ -11,9 +11,12 @@ from schemas.common import ModelRef, Token
 from schemas.explain import (
     ArrayData,
     Attributed,
+    Evaluation,
+    ExcludedMass,
     ExplainOptions,
     ExplainResponse,
     ExplainRowEvent,
+    FaithfulnessResult,
     MethodResult,
     Provenance,
     SourceUnit,
@@ -21,11 +24,15 @@ from schemas.explain import (
 from service.engine.continuation import Answer
 from service.engine.prompt import PromptTokens
 from service.explain import engine, summary
-from service.explain.methods.base import MethodOutput
+from service.explain import methods as registry
+from service.explain.mass import excluded_mass
+from service.explain.methods.base import MethodOutput, Sign
 from service.explain.objective import DESCRIPTIONS
 from service.models.loaded import LoadedModel
 from service.usecases import explain_present as present
+from service.usecases.citations import citations
 from service.usecases.explain_plan import Plan
+from service.usecases.self_explanation import check as self_check
 from service.usecases.tokens import prompt_tokens
 
 
@@ -80,13 +87,74 @@ def _unit_arrays(out: MethodOutput, plan: Plan, aggregation: str) -> tuple[np.nd
 
 
 def _with_token_texts(lm: LoadedModel, params: dict[str, Any]) -> dict[str, Any]:
-    """Token ids a method reports in its params (logit lens's top-k) gain their texts: a client has no vocabulary."""
+    """Token ids a method reports in its params (logit lens's top-k, a counterfactual's answers) gain their
+    texts: a client has no vocabulary."""
+    out = dict(params)
     ids = params.get("top_k_ids")
-    if not ids:
-        return params
-    decode = lm.tokenizer.convert_ids_to_tokens
-    texts = [[[lm.tokenizer.convert_tokens_to_string([t]) for t in decode(cell)] for cell in row] for row in ids]
-    return {**params, "top_k_tokens": texts}
+    if ids:
+        decode = lm.tokenizer.convert_ids_to_tokens
+        out["top_k_tokens"] = [
+            [[lm.tokenizer.convert_tokens_to_string([t]) for t in decode(cell)] for cell in row] for row in ids
+        ]
+    for key, text in (("new_answer_ids", "new_answer"), ("reference_ids", "reference_answer")):
+        if key in params:
+            out[text] = lm.tokenizer.decode(params[key], skip_special_tokens=True)
+    return out
+
+
+def counterfactual_sentence(params: dict[str, Any], units: list[Any]) -> str:
+    """ "Without 'France', the answer is 'Berlin ...'." — or the honest "not found"."""
+    if not params.get("found"):
+        return (
+            f"No counterfactual within {params.get('runs', 0)} generations: removing up to "
+            f"{min(params.get('max_units', 0), params.get('players', 0))} top-ranked units did not change the answer."
+        )
+    names = ", ".join(f"'{units[i].text}'" for i in params["removed_units"])
+    if "new_answer" not in params:
+        return f"Without {names}, the contrast becomes more likely than the answer."
+    return f"Without {names}, the answer is '{params['new_answer'].strip()}'."
+
+
+def sign_of(method: str, contrast: bool) -> Sign:
+    """The method's sign convention; with a contrast a signed score is about the difference."""
+    sign = registry.get(method).sign
+    if contrast and sign.signed:
+        return Sign(True, "positive favours the answer over the contrast, negative favours the contrast")
+    return sign
+
+
+def _evaluation(figures: dict[str, Any] | None) -> Evaluation | None:
+    if figures is None:
+        return None
+    if "skipped" in figures:
+        return Evaluation(skipped=figures["skipped"])
+    return Evaluation(faithfulness=FaithfulnessResult(**figures))
+
+
+def _faithfulness_sentence(evaluation: Evaluation) -> str:
+    """The measured deletion effect at the k nearest 20%, next to random deletion's."""
+    f = evaluation.faithfulness
+    if f is None:
+        return ""
+    i = min(range(len(f.k)), key=lambda j: abs(f.k[j] - 0.2))
+    units = "unit" if f.removed[i] == 1 else "units"
+    sentence = (
+        f"Deleting its top {f.k[i]:.0%} ({f.removed[i]} {units}) changes the answer's log-probability by "
+        f"{-f.comprehensiveness[i]:+.3g} nats"
+    )
+    if f.random_comprehensiveness:
+        sentence += f", deleting as many random units by {-f.random_comprehensiveness[i]:+.3g}"
+    return sentence + "."
+
+
+def _no_vector_summary(options: ExplainOptions, logprobs: list[float]) -> str:
+    if options.methods:
+        return "No single-vector method ran; see the arrays."
+    total = sum(logprobs)
+    return (
+        f"Scored only (no attribution method): the answer's log-probability is {total:.4g} over "
+        f"{len(logprobs)} tokens ({total / len(logprobs):.4g} per token), from one forward pass."
+    )
 
 
 def build_response(
@@ -97,24 +165,43 @@ def build_response(
     options: ExplainOptions,
     plan: Plan,
     result: engine.EngineResult,
+    account: str | None = None,
 ) -> ExplainResponse:
+    """``account``: the model's self-explanation, checked here against the summary's method."""
     encode = encoding_options(options)
     methods: dict[str, MethodResult] = {}
     summary_vectors: dict[str, np.ndarray] = {}
+    summary_excluded: dict[str, tuple[float, str]] = {}
     for name, out in result.outputs.items():
         tokens, sequence = _unit_arrays(out, plan, options.aggregation)
         lead = list(out.lead_dims)
+        sign = sign_of(name, contrast is not None)
+        mass = None if out.over_units else excluded_mass(plan.task, plan.task.units, out.tokens, out.sequence)
         methods[name] = MethodResult(
             tokens=None if tokens is None else present.encode(tokens, [*lead, "target", "source"], **encode),
             sequence=None if sequence is None else present.encode(sequence, [*lead, "source"], **encode),
             params=_with_token_texts(lm, out.params),
             time_ms=round(result.timings.get(name, 0.0) * 1000, 2),
+            signed=sign.signed,
+            sign_meaning=sign.meaning,
+            excluded_mass=None
+            if mass is None
+            else ExcludedMass(
+                tokens=None if mass.tokens is None else [round(v, 4) for v in mass.tokens],
+                sequence=None if mass.sequence is None else round(mass.sequence, 4),
+                excluded=mass.what,
+            ),
+            evaluation=_evaluation(result.evaluations.get(name)),
         )
         if not lead:
             if sequence is not None:
                 summary_vectors[name] = sequence
+                if mass is not None and mass.sequence is not None:
+                    summary_excluded[name] = (mass.sequence, mass.what)
             elif tokens is not None:
                 summary_vectors[name] = np.abs(tokens).sum(0)[: plan.sequence_units]
+                if mass is not None and mass.pooled is not None:
+                    summary_excluded[name] = (mass.pooled, mass.what)
     texts = {"prompt": prompt.text, "answer": answer.text}
     chosen = next((m for m in summary.PREFERENCE if m in summary_vectors), None)
     what = "The answer" if plan.span == (0, len(answer.ids)) else "This part of the answer"
@@ -126,10 +213,16 @@ def build_response(
             texts=texts,
             chat=prompt.is_chat,
             what=what,
+            excluded=summary_excluded.get(chosen, (0.0, ""))[0],
+            excluded_what=summary_excluded.get(chosen, (0.0, ""))[1],
         )
         if chosen is not None
-        else "No single-vector method ran; see the arrays."
+        else _no_vector_summary(options, result.answer_logprobs)
     )
+    if "counterfactual" in methods:
+        text = f"{text} {counterfactual_sentence(methods['counterfactual'].params, plan.units)}"
+    if chosen is not None and (evaluation := methods[chosen].evaluation) is not None:
+        text = f"{text} {_faithfulness_sentence(evaluation)}".rstrip()
     target_tokens = [
         Token(
             id=answer.ids[j],
@@ -157,6 +250,7 @@ def build_response(
         prompt_text=prompt.text,
         prompt_tokens=prompt_tokens(lm, prompt),
         target_tokens=target_tokens,
+        answer_logprob=float(sum(result.answer_logprobs)),
         rows=plan.rows,
         span=list(plan.span),
         sources=[
@@ -183,6 +277,16 @@ def build_response(
         ),
         methods=methods,
         summary=text,
+        self_explanation=(
+            self_check(account, plan.units[: plan.sequence_units], summary_vectors[chosen], chosen)
+            if account is not None and chosen is not None
+            else None
+        ),
+        citations=(
+            citations(answer, plan.units, len(prompt), result.outputs["context_attribution"].params)
+            if "context_attribution" in result.outputs
+            else None
+        ),
         provenance=Provenance(
             model=ModelRef(id=lm.name, revision=lm.revision),
             dtype=str(lm.dtype).removeprefix("torch."),

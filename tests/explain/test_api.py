@@ -139,7 +139,6 @@ def test_default_response_for_500_prompt_tokens_and_64_answer_tokens_is_well_und
     [
         ({"methods": ["shap"]}, "methods.0"),
         ({"methods": ["saliency", "saliency"]}, None),
-        ({"methods": []}, "methods"),
         ({"scope": ["everything"]}, "scope.0"),
         ({"function": "entropy"}, "function"),
         ({"granularity": "segments"}, None),

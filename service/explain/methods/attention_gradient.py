@@ -20,7 +20,7 @@ import torch
 from service.explain import forward as fw
 from service.explain.context import Context
 from service.explain.cost import Cost, ModelDims, Shape
-from service.explain.methods.base import Method, MethodOutput, register
+from service.explain.methods.base import SIGN_RELEVANCE, Method, MethodOutput, register
 from service.explain.objective import sequence_score
 from service.explain.task import Task
 
@@ -114,11 +114,13 @@ def sequence_relevance(ctx: Context) -> torch.Tensor:
 @register
 class AttentionGradient(Method):
     name = "attention_gradient"
+    sign = SIGN_RELEVANCE
     needs_attention = True
+    needs_attention_at_every_layer = True  # refused on hybrids (Method.refusal)
 
     def cost(self, shape: Shape, dims: ModelDims, options: Any) -> Cost:
         work = 0
-        weights = dims.layers * dims.heads * shape.seq_len * shape.seq_len * 4
+        weights = dims.attention_bytes(shape.seq_len)
         if shape.tokens_scope:
             work += shape.seq_len * (1 + shape.rows)
         if shape.sequence_scope:

@@ -6,7 +6,7 @@ from typing import Any
 
 from service.explain.context import Context
 from service.explain.cost import Cost, ModelDims, Shape
-from service.explain.methods.base import Method, MethodOutput, register
+from service.explain.methods.base import SIGN_MAGNITUDE, SIGN_SUPPORTS, Method, MethodOutput, register
 
 
 def shared_gradient_cost(shape: Shape, dims: ModelDims, *, eager: bool) -> Cost:
@@ -32,6 +32,7 @@ class Saliency(_GradientMethod):
     """L2 norm over the embedding dimension of the gradient of the attributed function (unsigned)."""
 
     name = "saliency"
+    sign = SIGN_MAGNITUDE
 
     def run(self, ctx: Context, options: Any) -> MethodOutput:
         rows = ctx.gradient_rows
@@ -47,6 +48,7 @@ class InputXGradient(_GradientMethod):
     """Gradient · embedding, summed over the embedding dimension (signed; first-order contribution)."""
 
     name = "input_x_gradient"
+    sign = SIGN_SUPPORTS
 
     def run(self, ctx: Context, options: Any) -> MethodOutput:
         rows = ctx.gradient_rows

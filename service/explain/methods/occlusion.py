@@ -1,7 +1,12 @@
-"""Occlusion: remove one source unit (token, word, sentence, message or segment), re-run, measure the drop.
+"""Occlusion: take one source unit (token, word, sentence, message or segment) out, re-run, measure the drop.
+
+Two ways to take it out. ``delete`` removes its tokens, so every later position shifts: with absolute
+position embeddings, or a whole removed document, "content removed" and "positions moved" mix. ``replace``
+keeps every position and puts the pad token's embedding (or the vocabulary's mean embedding) in the unit's
+place, both computed through the embedding module (so Gemma's √d scaling is applied as for real tokens).
 
 Each occluded sequence is one forward that gives every target's new value at once (teacher forcing).
-Sequences are batched right-padded: with causal attention, padding after a row's end cannot reach it.
+Deleted sequences are batched right-padded: with causal attention, padding after a row's end cannot reach it.
 Scores are f(input) − f(input without the unit): positive means the unit supports the target.
 """
 
@@ -16,9 +21,31 @@ import torch
 from service.explain import forward as fw
 from service.explain.context import Context
 from service.explain.cost import Cost, ModelDims, Shape
-from service.explain.methods.base import Method, MethodOutput, register
+from service.explain.methods.base import SIGN_SUPPORTS, Method, MethodOutput, register
 from service.explain.objective import sequence_score, token_scores
+from service.explain.options import OcclusionParams
 from service.explain.task import Task
+
+#: Embedding rows passed through the embedding module at a time when averaging over the vocabulary.
+_MEAN_CHUNK = 4096
+
+
+def mean_embedding(model: torch.nn.Module) -> torch.Tensor:
+    """The embedding module's output averaged over the whole vocabulary [d] (in float64, then the model's dtype)."""
+    weight = fw.embedding_weight(model)  # type: ignore[arg-type]
+    total = torch.zeros(weight.shape[1], dtype=torch.float64, device=weight.device)
+    for first in range(0, weight.shape[0], _MEAN_CHUNK):
+        ids = torch.arange(first, min(weight.shape[0], first + _MEAN_CHUNK), device=weight.device)
+        total += fw.embed_batch(model, ids).double().sum(0)  # type: ignore[arg-type]
+    return (total / weight.shape[0]).to(weight.dtype)
+
+
+def replacement(ctx: Context, opts: OcclusionParams) -> torch.Tensor:
+    """The embedding that stands in for an occluded position in ``replace`` mode [d]."""
+    if opts.replace_with == "mean":
+        return mean_embedding(ctx.model)
+    pad = ctx.task.pad_id if ctx.task.pad_id is not None else 0
+    return fw.embed(ctx.model, [pad])[0]
 
 
 def _batch(model_device: torch.device, seqs: list[list[int]]) -> torch.Tensor:
@@ -27,26 +54,40 @@ def _batch(model_device: torch.device, seqs: list[list[int]]) -> torch.Tensor:
 
 
 def _occluded(
-    ctx: Context, seq: tuple[int, ...], units: list[tuple[int, ...]], targets: list[int], *, span: bool
+    ctx: Context,
+    seq: tuple[int, ...],
+    units: list[tuple[int, ...]],
+    targets: list[int],
+    *,
+    span: bool,
+    stand_in: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The function with each unit removed: [U, n] per target, or [U] for the span (span mode).
+    """The function with each unit taken out: [U, n] per target, or [U] for the span (span mode).
 
+    ``stand_in`` None deletes the unit's tokens; an embedding [d] replaces them in place instead.
     A target at or before a unit's end gets a meaningless value: callers mask it.
     """
     device = ctx.device
     ids = torch.tensor([seq[t] for t in targets], device=device)
+    embeds = fw.embed(ctx.model, seq) if stand_in is not None else None
     results = []
     for first in range(0, len(units), ctx.task.chunks.sequences):
         chunk = units[first : first + ctx.task.chunks.sequences]
-        seqs, keep = [], []
-        for unit in chunk:
-            drop = set(unit)
-            seqs.append([tok for p, tok in enumerate(seq) if p not in drop])
-            keep.append([max(0, t - len(unit) - 1) for t in targets])
+        if embeds is not None and stand_in is not None:
+            batch = embeds.unsqueeze(0).repeat(len(chunk), 1, 1)
+            for b, unit in enumerate(chunk):
+                batch[b, list(unit)] = stand_in
+            keep_positions = fw.predicting(targets, device)
+        else:
+            seqs, keep = [], []
+            for unit in chunk:
+                drop = set(unit)
+                seqs.append([tok for p, tok in enumerate(seq) if p not in drop])
+                keep.append([max(0, t - len(unit) - 1) for t in targets])
+            batch = fw.embed_batch(ctx.model, _batch(device, seqs))
+            keep_positions = torch.tensor(keep, device=device)
         with torch.no_grad():
-            logits = fw.run(
-                ctx.model, fw.embed_batch(ctx.model, _batch(device, seqs)), torch.tensor(keep, device=device)
-            ).logits
+            logits = fw.run(ctx.model, batch, keep_positions).logits
             if span:
                 results.append(sequence_score(logits, ids, ctx.task.function))
             else:
@@ -55,7 +96,7 @@ def _occluded(
     return torch.cat(results)
 
 
-def tokens_occlusion(ctx: Context) -> np.ndarray:
+def tokens_occlusion(ctx: Context, stand_in: torch.Tensor | None = None) -> np.ndarray:
     """[R, U]: a unit is scored only against the rows entirely after it (others are 0)."""
     task = ctx.task
     rows = list(task.rows)
@@ -65,33 +106,34 @@ def tokens_occlusion(ctx: Context) -> np.ndarray:
     scored = [u for u, unit in enumerate(task.units) if unit and max(unit) < rows[-1]]
     if not scored:
         return out
-    occluded = _occluded(ctx, task.ids, [task.units[u] for u in scored], rows, span=False).cpu()
+    occluded = _occluded(ctx, task.ids, [task.units[u] for u in scored], rows, span=False, stand_in=stand_in).cpu()
     after = torch.tensor(rows).view(1, -1) > torch.tensor([max(task.units[u]) for u in scored]).view(-1, 1)
     drops = torch.where(after, base.view(1, -1) - occluded, torch.zeros_like(occluded))  # [U', R]
     out[:, scored] = drops.T.float().numpy()
     return out
 
 
-def sequence_occlusion(ctx: Context) -> np.ndarray:
+def sequence_occlusion(ctx: Context, stand_in: torch.Tensor | None = None) -> np.ndarray:
     task = ctx.task
     sources = task.sequence_sources
     units = [unit for unit in task.units if unit and max(unit) < sources]
     span = list(range(*task.span))
     base = float(ctx.forward.span_score.detach()[0]) if ctx.forward.span_score is not None else 0.0
-    drops = base - _occluded(ctx, task.ids, units, span, span=True)
+    drops = base - _occluded(ctx, task.ids, units, span, span=True, stand_in=stand_in)
     contrast = task.contrast_sequence
     if contrast is not None:
         positions = list(ctx.contrast_positions())
         with torch.no_grad():
             embeds = fw.embed(ctx.model, contrast).unsqueeze(0)
             base2 = float(ctx.contrast_score(embeds)[0])
-        drops = drops - (base2 - _occluded(ctx, contrast, units, positions, span=True))
+        drops = drops - (base2 - _occluded(ctx, contrast, units, positions, span=True, stand_in=stand_in))
     return drops.float().cpu().numpy()
 
 
 @register
 class Occlusion(Method):
     name = "occlusion"
+    sign = SIGN_SUPPORTS
 
     def cost(self, shape: Shape, dims: ModelDims, options: Any) -> Cost:
         work = 0
@@ -109,12 +151,16 @@ class Occlusion(Method):
         return units
 
     def run(self, ctx: Context, options: Any) -> MethodOutput:
+        opts: OcclusionParams = options if options is not None else OcclusionParams()
         task = ctx.task
-        tokens = tokens_occlusion(ctx) if "tokens" in task.scopes and task.rows else None
-        sequence = sequence_occlusion(ctx) if "sequence" in task.scopes else None
-        return MethodOutput(
-            tokens=tokens,
-            sequence=sequence,
-            over_units=True,
-            params={"occlude": "remove the unit", "units": "the requested granularity"},
-        )
+        stand_in = replacement(ctx, opts) if opts.mode == "replace" else None
+        tokens = tokens_occlusion(ctx, stand_in) if "tokens" in task.scopes and task.rows else None
+        sequence = sequence_occlusion(ctx, stand_in) if "sequence" in task.scopes else None
+        if opts.mode == "replace":
+            occlude = f"replace the unit's embeddings by the {opts.replace_with} embedding (positions kept)"
+        else:
+            occlude = "delete the unit's tokens (later positions shift)"
+        params: dict[str, Any] = {"mode": opts.mode, "occlude": occlude, "units": "the requested granularity"}
+        if opts.mode == "replace":
+            params["replace_with"] = opts.replace_with
+        return MethodOutput(tokens=tokens, sequence=sequence, over_units=True, params=params)
