@@ -9,7 +9,7 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
@@ -305,7 +305,8 @@ def test_kv_batch_refuses_an_unmergeable_cache_and_holds_a_serial_row_as_it_is(t
         batch.add_serial(SerialRow("cache", out, [5, 6, 7], tiny_lm.device))
         assert batch.cache is None and batch.columns == 3
         inputs = batch.step_inputs([8])
-        assert inputs["cache"] is out.cache and batch.columns == 4 and inputs["position_ids"].tolist() == [[3]]
+        assert inputs["cache"] is out.cache and batch.columns == 4
+        assert cast(torch.Tensor, inputs["input_ids"]).tolist() == [[8]]
         with pytest.raises(ValueError, match="alone"):
             batch.add(prefill(tiny_lm, [5, 6, 7])[0], 3)
         batch.keep([])
