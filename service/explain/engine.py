@@ -24,6 +24,7 @@ class EngineResult:
     foil_logprobs: list[float] | None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     units: int = 0  # units of work run
+    contrast_logprobs: list[float] | None = None  # sequence-scope contrast: each contrast token's log-probability
 
 
 def shared_gradient_units(task: Task) -> int:
@@ -71,6 +72,8 @@ def explain(
                 ctx.emit_rows(method.name, range(len(task.rows)), out.tokens, over_units=out.over_units)
             timings[method.name] = time.perf_counter() - started
             ctx.unit(method.name)
-        result = EngineResult(outputs, forward.answer_logprobs, forward.foil_logprobs, timings, ctx.done_units)
+        result = EngineResult(
+            outputs, forward.answer_logprobs, forward.foil_logprobs, timings, ctx.done_units, ctx.contrast_logprobs
+        )
         del ctx, forward  # drop the graph before leaving the model's thread
     return result
