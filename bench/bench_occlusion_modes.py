@@ -13,11 +13,11 @@ are compared on equal terms, and with each mode's own operator. Timings are rati
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import statistics
 import sys
 import time
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from schemas.common import ChatMessage
 from schemas.explain import ExplainOptions
 from service.engine.prompt import build_prompt
 from service.engine.sampling import SamplingParams
+from service.explain import engine
 from service.explain.checkpoint import NO_CHECKPOINT
 from service.explain.context import Context
 from service.explain.methods import occlusion
@@ -34,7 +35,7 @@ from service.explain.state import explaining
 from service.models.loader import load_model
 from service.settings import Settings
 from service.usecases.explain import answer_of, plan_for
-from tests.support.run import explain_answer, generate
+from tests.support.run import generate
 
 PROMPTS = [
     "What is the capital of France?",
@@ -84,6 +85,7 @@ def main() -> None:
     for p, text in enumerate(PROMPTS):
         prompt = build_prompt(lm.tokenizer, messages=[ChatMessage(role="user", content=text)])
         out = generate(lm, prompt, SamplingParams(max_new_tokens=args.answer_tokens))
+        log(f"prompt {p + 1}: generated")
         answer = answer_of(out, lm.special_ids)
         base = {"methods": ["occlusion"], "scope": ["sequence"], "granularity": "word", "precision": None}
         plan = plan_for(lm, settings, prompt, answer, None, ExplainOptions.model_validate(base))
@@ -96,13 +98,14 @@ def main() -> None:
             stand_ins = {m: occlusion.replacement(ctx, o) if o.mode == "replace" else None for m, o in MODES.items()}
             for mode, stand_in in stand_ins.items():
                 randoms[mode].append(statistics.mean(removal_drop(ctx, [units[i] for i in d], stand_in) for d in draws))
+        log(f"prompt {p + 1}: random removals done")
         for mode, opts in MODES.items():
-            body: dict[str, Any] = {**base, "occlusion": {"mode": opts.mode, "replace_with": opts.replace_with}}
+            task = dataclasses.replace(plan.task, methods={"occlusion": opts})
             started = time.perf_counter()
-            response = explain_answer(lm, settings, prompt, answer, ExplainOptions.model_validate(body))
+            result = engine.explain(lm.model, task).outputs["occlusion"]
             seconds[mode] += time.perf_counter() - started
-            assert response.methods["occlusion"].params["mode"] == opts.mode
-            scores = np.asarray(response.methods["occlusion"].sequence.data)  # type: ignore[union-attr]
+            assert result.params["mode"] == opts.mode and result.sequence is not None
+            scores = result.sequence[: len(units)]
             top = [units[i] for i in np.argsort(-scores, kind="stable")[:k]]
             with explaining(lm.model, attention=False, checkpoint=NO_CHECKPOINT):
                 ctx = Context(lm.model, plan.task, attentions=False, gradients=False)

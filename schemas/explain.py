@@ -457,11 +457,27 @@ class SelfExplanation(BaseModel):
     verdict: str = Field(description="The finding in one plain sentence.")
 
 
+class ContrastSize(BaseModel):
+    """How much more likely the answer is than the contrast: log-probability differences, in nats."""
+
+    rows: list[float] | None = Field(
+        None, description="`tokens` scope: log p(target) − log p(foil) at each row (0 where the two are the same)."
+    )
+    total: float | None = Field(None, description="`tokens` scope: the sum over the rows.")
+    sequence: float | None = Field(
+        None, description="`sequence` scope: log p(the span) − log p(the contrast) after the same prefix."
+    )
+    divergence: int | None = Field(
+        None, description="The answer token where target and contrast first differ (rows stop there in `tokens` scope)."
+    )
+
+
 class Attributed(BaseModel):
     function: AttributedFunction
     description: str
     contrast: str | None = Field(None, description="The alternative text when the function is a difference.")
     contrast_tokens: list[Token] | None = None
+    contrast_size: ContrastSize | None = None
 
 
 class Provenance(BaseModel):

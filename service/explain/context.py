@@ -181,6 +181,20 @@ class Context:
         assert seq is not None
         return range(self.task.sequence_sources, len(seq))
 
+    @functools.cached_property
+    def contrast_logprobs(self) -> list[float] | None:
+        """Each contrast token's log-probability given the prompt, the answer before the span and the contrast
+        before it (one forward, no graph): the size of a sequence-scope contrast."""
+        seq = self.task.contrast_sequence
+        if seq is None:
+            return None
+        positions = self.contrast_positions()
+        with torch.no_grad():
+            embeds = fw.embed(self.model, seq).unsqueeze(0)
+            out = fw.run(self.model, embeds, fw.predicting(positions, self.device))
+            ids = torch.tensor([seq[p] for p in positions], device=self.device)
+            return [float(v) for v in logprobs(out.logits, ids)[0].tolist()]
+
     def contrast_score(self, embeds: torch.Tensor) -> torch.Tensor:
         """Span function of the contrast continuation, per batch row [B]."""
         seq = self.task.contrast_sequence

@@ -142,9 +142,11 @@ def plan_chunks(shape: Shape, dims: ModelDims, memory_bytes: int, *, eager: bool
 
 
 def forward_cost(shape: Shape, dims: ModelDims, *, gradients: bool, eager: bool) -> Cost:
-    """The shared forward: its graph is kept only when gradients are needed."""
+    """The shared forward: its graph is kept only when gradients are needed; with a sequence-scope contrast, one
+    more forward (no graph) over the contrast sequence gives the contrast's size."""
     graph = dims.graph_bytes(1, shape.seq_len, shape.answer_len, eager)
-    return Cost(work=shape.seq_len, memory=graph if gradients else graph // 4)
+    contrast = shape.contrast_seq_len if shape.contrast_len else 0
+    return Cost(work=shape.seq_len + contrast, memory=graph if gradients else graph // 4)
 
 
 def check(cost: Cost, limits: Limits) -> None:

@@ -29,6 +29,7 @@ class EngineResult:
     units: int = 0  # units of work run
     evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> faithfulness figures
     stability: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> stability figures
+    contrast_logprobs: list[float] | None = None  # sequence-scope contrast: each contrast token's log-probability
 
 
 def shared_gradient_units(task: Task) -> int:
@@ -114,7 +115,14 @@ def explain(
             stable = stability.run(ctx, outputs, _rerun(ctx, methods, attention, gradients))
             timings["stability"] = time.perf_counter() - started
         result = EngineResult(
-            outputs, forward.answer_logprobs, forward.foil_logprobs, timings, ctx.done_units, evaluations, stable
+            outputs,
+            forward.answer_logprobs,
+            forward.foil_logprobs,
+            timings,
+            ctx.done_units,
+            evaluations=evaluations,
+            stability=stable,
+            contrast_logprobs=ctx.contrast_logprobs,
         )
         del ctx, forward  # drop the graph before leaving the model's thread
     return result

@@ -79,6 +79,8 @@ def plan_for(
     answer: Answer,
     contrast: Answer | None,
     options: ExplainOptions,
+    *,
+    estimate_only: bool = False,
 ) -> Plan:
     return make_plan(
         prompt=prompt,
@@ -91,6 +93,7 @@ def plan_for(
         pad_id=_pad_id(lm),
         max_context=lm.max_context,
         speed=lm.speed,
+        estimate_only=estimate_only,
     )
 
 
@@ -118,7 +121,8 @@ def precheck(
 ) -> float:
     """Refuse an over-budget explanation before generating (the answer costed at its longest, generation
     included); returns the estimated seconds."""
-    plan = plan_for(lm, settings, prompt, placeholder_answer(max_new_tokens), contrast_of(lm, options, prompt), options)
+    answer = placeholder_answer(max_new_tokens)
+    plan = plan_for(lm, settings, prompt, answer, contrast_of(lm, options, prompt), options, estimate_only=True)
     estimate = plan.estimate_s + generation_seconds(lm, len(prompt), max_new_tokens)
     if deadline is not None:
         check_seconds(

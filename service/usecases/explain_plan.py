@@ -35,6 +35,7 @@ from service.explain.units import SourceToken, Unit, build_units, resolve_segmen
 from service.models.calibrate import Speed
 from service.models.facts import ModelFacts
 from service.settings import Settings
+from service.usecases.explain_contrast import contrast_rows
 
 #: Aim of one unit of explanation work (the scheduler also checks in at every layer inside it).
 UNIT_SECONDS = 0.25
@@ -224,8 +225,12 @@ def make_plan(
     pad_id: int | None,
     max_context: int,
     speed: Speed | None = None,
+    estimate_only: bool = False,
 ) -> Plan:
-    """Validate against the model and the server's limits, estimate the cost, choose chunk sizes."""
+    """Validate against the model and the server's limits, estimate the cost, choose chunk sizes.
+
+    ``estimate_only``: the answer is a placeholder (costed before generating), so the contrast's rows are
+    costed at their most and not checked against it."""
     refuse_unsupported(options.methods, facts)
     length = len(prompt) + len(answer.ids)
     if length > max_context:
@@ -268,9 +273,11 @@ def make_plan(
     foils = None
     contrast_ids = None
     if contrast is not None:
-        if "tokens" in options.scope:
-            rows = rows[: len(contrast.ids)]
-            foils = tuple(contrast.ids[: len(rows)])
+        if "tokens" in options.scope and estimate_only:
+            foils = tuple((list(contrast.ids) + [0] * len(rows))[: len(rows)])
+        elif "tokens" in options.scope:
+            per_row = contrast_rows(answer, contrast, span, explicit_span=options.target_span is not None)
+            rows, foils = per_row.rows, per_row.foils
         contrast_ids = tuple(contrast.ids)
     tokens = _source_tokens(prompt, answer, options)
     p = len(prompt)

@@ -11,6 +11,7 @@ from schemas.common import ModelRef, Token
 from schemas.explain import (
     ArrayData,
     Attributed,
+    ContrastSize,
     Evaluation,
     ExcludedMass,
     ExplainOptions,
@@ -32,6 +33,7 @@ from service.explain.objective import DESCRIPTIONS
 from service.models.loaded import LoadedModel
 from service.usecases import explain_present as present
 from service.usecases.citations import citations
+from service.usecases.explain_contrast import first_divergence
 from service.usecases.explain_plan import Plan
 from service.usecases.self_explanation import check as self_check
 from service.usecases.tokens import prompt_tokens
@@ -176,6 +178,45 @@ def _no_vector_summary(options: ExplainOptions, logprobs: list[float]) -> str:
     )
 
 
+def _contrast_token_logprobs(contrast: Answer, plan: Plan, result: engine.EngineResult) -> list[float | None]:
+    """Each contrast token's log-probability after the same prefix: from the contrast's own forward (sequence
+    scope), else from the row whose foil it is (tokens scope: only the rows up to the first divergence)."""
+    if result.contrast_logprobs is not None:
+        return list(result.contrast_logprobs)
+    out: list[float | None] = [None] * len(contrast.ids)
+    for row, lp in zip(plan.rows, result.foil_logprobs or [], strict=False):
+        out[row - plan.span[0]] = lp
+    return out
+
+
+def contrast_size(
+    answer: Answer, contrast: Answer | None, plan: Plan, result: engine.EngineResult
+) -> ContrastSize | None:
+    """log p(target) − log p(contrast), per row and in total (tokens scope) and over the span (sequence scope)."""
+    if contrast is None:
+        return None
+    rows = total = sequence = None
+    if result.foil_logprobs is not None:
+        diffs = [result.answer_logprobs[r] - lp for r, lp in zip(plan.rows, result.foil_logprobs, strict=True)]
+        rows, total = [round(d, 6) for d in diffs], round(float(sum(diffs)), 6)
+    if result.contrast_logprobs is not None:
+        start, end = plan.span
+        sequence = round(float(sum(result.answer_logprobs[start:end]) - sum(result.contrast_logprobs)), 6)
+    diverge = first_divergence(answer, contrast, plan.span[0])
+    return ContrastSize(
+        rows=rows, total=total, sequence=sequence, divergence=None if diverge is None else plan.span[0] + diverge
+    )
+
+
+def _summary_size(size: ContrastSize | None, plan: Plan) -> float | None:
+    """The size that matches the summary's vector: the span's (sequence scope) or the rows' total."""
+    if size is None:
+        return None
+    if "sequence" in plan.task.scopes and size.sequence is not None:
+        return size.sequence
+    return size.total
+
+
 def build_response(
     lm: LoadedModel,
     prompt: PromptTokens,
@@ -218,12 +259,19 @@ def build_response(
                 if mass is not None and mass.sequence is not None:
                     summary_excluded[name] = (mass.sequence, mass.what)
             elif tokens is not None:
-                summary_vectors[name] = np.abs(tokens).sum(0)[: plan.sequence_units]
+                rows_summed = tokens.sum(0) if sign.signed else np.abs(tokens).sum(0)
+                summary_vectors[name] = rows_summed[: plan.sequence_units]
                 if mass is not None and mass.pooled is not None:
                     summary_excluded[name] = (mass.pooled, mass.what)
+    size = contrast_size(answer, contrast, plan, result)
     texts = {"prompt": prompt.text, "answer": answer.text}
     chosen = next((m for m in summary.PREFERENCE if m in summary_vectors), None)
     what = "The answer" if plan.span == (0, len(answer.ids)) else "This part of the answer"
+    note = None
+    if contrast is not None:
+        start, end = plan.span
+        target_text = answer.text[answer.offsets[start][0] : answer.offsets[end - 1][1]]
+        note = summary.ContrastNote(target_text, contrast.text, _summary_size(size, plan))
     text = (
         summary.summarize(
             chosen,
@@ -234,6 +282,9 @@ def build_response(
             what=what,
             excluded=summary_excluded.get(chosen, (0.0, ""))[0],
             excluded_what=summary_excluded.get(chosen, (0.0, ""))[1],
+            signed=sign_of(chosen, contrast is not None).signed,
+            contrast=note,
+            params=result.outputs[chosen].params,
         )
         if chosen is not None
         else _no_vector_summary(options, result.answer_logprobs)
@@ -256,12 +307,9 @@ def build_response(
     contrast_tokens = None
     if contrast is not None:
         contrast_tokens = [
-            Token(id=contrast.ids[j], text=contrast.token_text(j), offset=contrast.offsets[j][0])
-            for j in range(len(contrast.ids))
+            Token(id=contrast.ids[j], text=contrast.token_text(j), offset=contrast.offsets[j][0], logprob=lp)
+            for j, lp in enumerate(_contrast_token_logprobs(contrast, plan, result))
         ]
-        if result.foil_logprobs is not None:
-            for token, lp in zip(contrast_tokens, result.foil_logprobs, strict=False):
-                token.logprob = lp
     description = DESCRIPTIONS[options.function]
     if contrast is not None:
         description = f"difference: {description}, minus the same for the contrast"
@@ -294,6 +342,7 @@ def build_response(
             description=description,
             contrast=contrast.text if contrast is not None else None,
             contrast_tokens=contrast_tokens,
+            contrast_size=size,
         ),
         methods=methods,
         summary=text,

@@ -82,7 +82,7 @@ def test_summary_states_shares_of_the_whole_mass_and_the_excluded_part():
         excluded_what="template and special tokens",
     )
     assert "'alpha' (12%)" in text  # 0.6 of the shown 20%, not 60%
-    assert "80% of it falls on excluded template and special tokens" in text
+    assert text.startswith("The answer: most of the mass (80%) falls on excluded template and special tokens")
     small = summarize("attention_rollout", scores, _units(), texts={"prompt": TEXT}, chat=False, excluded=0.05)
     assert "excluded" not in small and "'alpha' (57%)" in small
 
