@@ -245,3 +245,21 @@ def test_masked_forwards_run_in_bounded_units_the_scheduler_can_stop(model, ids)
     assert recorder.phases[-1][1] - plain.phases[-1][1] == batches
     with pytest.raises(TimeoutError):
         explain(model, task, _Recorder(stop_in="faithfulness"))
+
+
+def test_generate_and_the_cache_carry_the_evaluation(client):
+    evaluate = {"faithfulness": {"k": [0.5], "random": 1}}
+    r = client.post(
+        "/generate",
+        json={"messages": CHAT, "max_new_tokens": 3, "explain": {"methods": ["saliency"], "evaluate": evaluate}},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["explanation"]["methods"]["saliency"]["evaluation"]["faithfulness"]["k"] == [0.5]
+    request = {"messages": CHAT, "target": "Paris", "methods": ["saliency"], "evaluate": evaluate}
+    first, second = client.post("/explain", json=request), client.post("/explain", json=request)
+    assert second.headers["x-cache"] == "hit"
+    f1 = first.json()["methods"]["saliency"]["evaluation"]
+    assert f1 == second.json()["methods"]["saliency"]["evaluation"]
+    # a different evaluation is a different key
+    other = client.post("/explain", json={**request, "evaluate": {"faithfulness": {"k": [0.5], "random": 2}}})
+    assert other.headers["x-cache"] == "miss"
