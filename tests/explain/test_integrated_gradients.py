@@ -159,3 +159,70 @@ def test_ig_segments_match_captum_with_the_rest_fixed(model, ids, baseline):
     t = task.rows[-1]
     reference = oracle.integrated_gradients(oracle.token_fn(model, ids, t), x, base, 6, "gausslegendre")
     np.testing.assert_allclose(out.tokens[-1], reference.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_convergence_reports_completeness_per_row_and_span(model, ids):
+    """f(input) and f(baseline) equal direct evaluations of the model, `sum` the scores' sum, and `gap`
+    the relative completeness gap; converged here (pad baseline, 32 steps), so no warning."""
+    task = make_task(ids, _ig(32, baseline="pad"), pad_id=7)
+    out = explain(model, task).outputs["integrated_gradients"]
+    report = out.params["convergence"]
+    assert set(report) == {"rows", "sequence", "max_gap", "warning", "threshold"} and report["threshold"] == 0.05
+    x = oracle.embeds(model, ids)
+    pad = _baseline(model, ids, "pad", 7)
+    checks = []
+    for i, t in enumerate(task.rows):
+        fn = oracle.token_fn(model, ids, t)
+        checks.append((report["rows"][i], oracle.value(fn, x), oracle.value(fn, pad), out.tokens[i].sum()))
+    span_base = x.clone()
+    span_base[:, :9] = pad[:, :9]
+    fn = oracle.span_fn(model, ids, task.span)
+    checks.append((report["sequence"], oracle.value(fn, x), oracle.value(fn, span_base), out.sequence.sum()))
+    assert len(report["rows"]) == len(task.rows)
+    for row, f_input, f_baseline, total in checks:
+        assert row["f_input"] == pytest.approx(f_input, rel=1e-9)
+        assert row["f_baseline"] == pytest.approx(f_baseline, rel=1e-9)
+        assert row["sum"] == pytest.approx(total, rel=1e-6)
+        change = f_input - f_baseline
+        assert row["gap"] == pytest.approx(abs(total - change) / max(abs(change), 1e-3), rel=1e-4, abs=1e-7)
+    assert report["max_gap"] == max(c[0]["gap"] for c in checks) and report["max_gap"] < 0.05
+    assert report["warning"] is False
+
+
+def test_convergence_warns_on_the_zero_baseline(model, ids):
+    """The all-zero baseline puts RMSNorm's jump at the path's start, where 8 Gauss–Legendre nodes never
+    look: scores miss most of f(x) − f(0), and the report says so."""
+    task = make_task(ids, _ig(8, baseline="zero"))
+    report = explain(model, task).outputs["integrated_gradients"].params["convergence"]
+    assert report["max_gap"] > 0.05 and report["warning"] is True
+    x = oracle.embeds(model, ids)
+    t = task.rows[0]
+    fn = oracle.token_fn(model, ids, t)
+    assert report["rows"][0]["f_baseline"] == pytest.approx(oracle.value(fn, torch.zeros_like(x)), rel=1e-9)
+
+
+def test_convergence_reaches_the_explain_json(client):
+    """Through /explain on the tiny served model: the report is in the method's params, one entry per row,
+    each `sum` the sum of that row's scores in the response."""
+    body = {
+        "prompt": "The capital of France is",
+        "target": " Paris, a city.",
+        "methods": ["integrated_gradients"],
+        "integrated_gradients": {"n_steps": 8, "baseline": "pad"},
+        "precision": None,
+    }
+    r = client.post("/explain", json=body)
+    assert r.status_code == 200, r.text
+    result = r.json()["methods"]["integrated_gradients"]
+    report = result["params"]["convergence"]
+    assert set(report) == {"rows", "sequence", "max_gap", "warning", "threshold"}
+    assert isinstance(report["warning"], bool) and report["threshold"] == 0.05
+    scores = np.array(result["tokens"]["data"])
+    assert len(report["rows"]) == len(r.json()["rows"]) == scores.shape[0]
+    for row, values in zip(report["rows"], scores, strict=True):
+        assert set(row) == {"f_input", "f_baseline", "sum", "gap"}
+        assert row["sum"] == pytest.approx(values.sum(), rel=1e-4, abs=1e-6)
+    assert report["sequence"]["sum"] == pytest.approx(np.sum(result["sequence"]["data"]), rel=1e-4, abs=1e-6)
+    gaps = [row["gap"] for row in report["rows"]] + [report["sequence"]["gap"]]
+    assert report["max_gap"] == pytest.approx(max(gaps))
+    assert report["warning"] == (report["max_gap"] > 0.05)
