@@ -25,6 +25,7 @@ from schemas.explain import (
 )
 from service.engine.continuation import Answer
 from service.engine.prompt import PromptTokens
+from service.errors import GlassboxError
 from service.explain import engine, summary
 from service.explain import methods as registry
 from service.explain.mass import excluded_mass
@@ -54,6 +55,7 @@ def row_events(
 ) -> list[ExplainRowEvent]:
     """Final rows of one method ([*lead, len(rows), positions|units]) as wire events, shaped exactly as the
     matching rows of the response's ``tokens`` array."""
+    check_finite(method, MethodOutput(tokens=values, sequence=None), "this dtype")
     units = plan.units
     scores = values if over_units else present.aggregate(values, units, options.aggregation)
     scores = present.causal_mask(scores, units, [plan.task.rows[r] for r in rows])
@@ -217,6 +219,21 @@ def _summary_size(size: ContrastSize | None, plan: Plan) -> float | None:
     return size.total
 
 
+def check_finite(name: str, out: MethodOutput, dtype: str) -> None:
+    """Refuse to answer with non-finite scores: JSON has no NaN or infinity (they would arrive as nulls)."""
+    for scope, values in (("tokens", out.tokens), ("sequence", out.sequence)):
+        if values is None:
+            continue
+        bad = int(np.size(values) - np.isfinite(values).sum())
+        if bad:
+            raise GlassboxError(
+                f"{name} produced {bad} non-finite {scope}-scope scores (NaN or infinity) on this input in {dtype}; "
+                "no response is sent rather than one with nulls in it: try float32, another method, or shorter input",
+                param="methods",
+                code="non_finite_scores",
+            )
+
+
 def build_response(
     lm: LoadedModel,
     prompt: PromptTokens,
@@ -233,6 +250,7 @@ def build_response(
     summary_vectors: dict[str, np.ndarray] = {}
     summary_excluded: dict[str, tuple[float, str]] = {}
     for name, out in result.outputs.items():
+        check_finite(name, out, str(lm.dtype).removeprefix("torch."))
         tokens, sequence = _unit_arrays(out, plan, options.aggregation)
         lead = list(out.lead_dims)
         sign = sign_of(name, contrast is not None)
