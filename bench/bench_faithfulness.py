@@ -97,7 +97,9 @@ def main() -> None:
     parser.add_argument("--verbose", action="store_true", help="a line per prompt and method")
     args = parser.parse_args()
 
-    settings = Settings(device=args.device, dtype="float32", explain_max_work=10**9, explain_max_seconds=1e6)
+    settings = Settings(
+        device=args.device, dtype="float32", explain_max_work=10**9, explain_max_seconds=1e6, request_timeout_s=1e6
+    )
     name, source = settings.model_specs()[0]
     lm = load_model(name, source, settings)
     # chunk sizes from the memory budget alone (up to 16 sequences or steps a forward): the time-per-unit cap
