@@ -268,27 +268,3 @@ def facts_of(model: PreTrainedModel) -> ModelFacts:
     )
     _CACHE[model] = facts
     return facts
-
-
-def batching_support_placeholder(model: PreTrainedModel) -> tuple[bool, str | None]:
-    """PLACEHOLDER until ``service/serving/cache_support.py`` (``batching_support``, the serving side of issue
-    11) is on main; the lead wires the real check into ``service/usecases/model_info.py``. Says only what the
-    layer kinds show: the batcher merges the caches of full-attention models."""
-    facts = facts_of(model)
-    if all(kind == "attention" for kind in facts.layer_kinds):
-        return True, None
-    kinds = ", ".join(sorted(set(facts.layer_kinds) - {"attention"}))
-    return False, f"{kinds} layers: requests decode one at a time"
-
-
-#: Families whose output carries their decoding state elsewhere than ``.cache`` (placeholder knowledge).
-_STATE_NOT_CACHE = frozenset({"rwkv", "recurrent_gemma"})
-
-
-def generation_support_placeholder(model: PreTrainedModel) -> tuple[bool, str | None]:
-    """PLACEHOLDER until the serving side of issue 11 says which models generate: decoding reads the model
-    output's ``.cache``, which RWKV and RecurrentGemma do not return."""
-    model_type = facts_of(model).model_type
-    if model_type in _STATE_NOT_CACHE:
-        return False, f"{model_type} keeps its decoding state outside the output's cache: generation fails"
-    return True, None

@@ -7,8 +7,9 @@ from transformers import PreTrainedModel
 
 from schemas.common import ModelFactsInfo, ModelInfo, Support
 from service.explain import methods as registry
-from service.models.facts import ModelFacts, batching_support_placeholder, generation_support_placeholder
+from service.models.facts import ModelFacts
 from service.models.loaded import LoadedModel
+from service.serving.cache_support import batching_support, generation_refusal
 
 
 def method_supports(facts: ModelFacts) -> dict[str, Support]:
@@ -38,11 +39,11 @@ def facts_info(facts: ModelFacts) -> ModelFactsInfo:
 
 
 def serving_supports(model: PreTrainedModel) -> tuple[Support, Support]:
-    """(generation, batching) of a model: the one place ``/models`` and ``scripts/families_table.py`` ask.
-    The checks are placeholders until the serving side of issue 11 lands (see ``service/models/facts.py``)."""
-    generation, generation_reason = generation_support_placeholder(model)
-    batching, batching_reason = batching_support_placeholder(model)
-    return Support(supported=generation, reason=generation_reason), Support(supported=batching, reason=batching_reason)
+    """(generation, batching) of a model: the one place ``/models`` and ``scripts/families_table.py`` ask
+    (the serving side's load-time probe, ``service/serving/cache_support.py``)."""
+    refusal = generation_refusal(model)
+    batching, batching_reason = batching_support(model)
+    return Support(supported=refusal is None, reason=refusal), Support(supported=batching, reason=batching_reason)
 
 
 def model_info(lm: LoadedModel, *, default: bool) -> ModelInfo:
