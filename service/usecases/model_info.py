@@ -39,8 +39,8 @@ def facts_info(facts: ModelFacts) -> ModelFactsInfo:
 
 
 def serving_supports(model: PreTrainedModel) -> tuple[Support, Support]:
-    """(generation, batching) of a model: the one place ``/models`` and ``scripts/families_table.py`` ask; both
-    come from the probe the serving side runs once per model (``service/serving/cache_support.py``)."""
+    """(generation, batching) of a model: the one place ``/models`` and ``scripts/families_table.py`` ask
+    (the serving side's load-time probe, ``service/serving/cache_support.py``)."""
     refusal = generation_refusal(model)
     batching, batching_reason = batching_support(model)
     return Support(supported=refusal is None, reason=refusal), Support(supported=batching, reason=batching_reason)

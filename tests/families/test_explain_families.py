@@ -277,3 +277,25 @@ def test_hybrid_attention_layer_without_weights_is_a_422_before_running(
     error = response.json()["error"]
     assert error["param"] == "attention.layers" and "attention layers are [1]" in error["message"]
     assert _post(client, family, ["attention"], attention={"layers": [-1]}).status_code == 200
+
+
+#: Methods the reference test above does not compare (their own references live in tests/explain): here
+#: each family must answer them with a 200 (finite scores) or, where refused, the 422 already checked.
+OTHER_METHODS = ("context_attribution", "counterfactual")
+
+
+@pytest.mark.parametrize("family", zoo.ALL)
+def test_other_methods_answer_on_every_family(
+    served: tuple[TestClient, ModelRegistry], model_list: dict[str, Any], family: str
+) -> None:
+    client = _loaded(served, family)
+    for method in OTHER_METHODS:
+        response = _post(client, family, [method], granularity="word", scope=["sequence"])
+        if not model_list[family]["supports"][method]["supported"]:
+            assert response.status_code == 422, response.text
+            continue
+        assert response.status_code == 200, f"{method}: {response.text}"
+        result = response.json()["methods"][method]
+        for scope in ("tokens", "sequence"):
+            if result.get(scope) is not None:
+                assert np.isfinite(_array(result, scope)).all()
