@@ -42,7 +42,8 @@ def row(family: str) -> str:
     facts = facts_of(model)
     capture = facts.attention
     layers = ", ".join(map(str, capture.layers)) if capture is not None else ""
-    attention = f"layers {layers}: {capture.describe()}" if capture is not None else "none"
+    how = {"flag": "`output_attentions=True`", "record": "hooks (`_can_record_outputs`)"}
+    attention = f"layers {layers}: {how[capture.how]}" if capture is not None else "none"
     generation, batching = serving_supports(model)
     kinds = ", ".join(facts.layer_kinds)
     cells = [

@@ -51,8 +51,8 @@ class AttentionCapture:
 
     def describe(self) -> str:
         if self.how == "flag":
-            return "`output_attentions=True`"
-        return "hooks (`_can_record_outputs`)"
+            return "output_attentions=True"
+        return "hooks on the modules in _can_record_outputs"
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from transformers import PreTrainedModel
 
 from schemas.common import ModelFactsInfo, ModelInfo, Support
@@ -10,6 +12,8 @@ from service.explain import methods as registry
 from service.models.facts import ModelFacts
 from service.models.loaded import LoadedModel
 from service.serving.cache_support import batching_support, generation_refusal
+
+log = logging.getLogger(__name__)
 
 
 def method_supports(facts: ModelFacts) -> dict[str, Support]:
@@ -41,8 +45,13 @@ def facts_info(facts: ModelFacts) -> ModelFactsInfo:
 def serving_supports(model: PreTrainedModel) -> tuple[Support, Support]:
     """(generation, batching) of a model: the one place ``/models`` and ``scripts/families_table.py`` ask
     (the serving side's load-time probe, ``service/serving/cache_support.py``)."""
-    refusal = generation_refusal(model)
-    batching, batching_reason = batching_support(model)
+    try:
+        refusal = generation_refusal(model)
+        batching, batching_reason = batching_support(model)
+    except Exception as exc:  # an exotic model's probe must not fail the whole listing
+        log.exception("cache probe of %s failed", type(model).__name__)
+        words = f"the load-time cache probe failed ({type(exc).__name__}: {exc})"
+        return Support(supported=False, reason=words), Support(supported=False, reason=words)
     return Support(supported=refusal is None, reason=refusal), Support(supported=batching, reason=batching_reason)
 
 
