@@ -8,6 +8,7 @@ every target at once, ``chunks.sequences`` coalitions per forward.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 
 import torch
@@ -18,6 +19,17 @@ from service.explain.objective import sequence_score, token_scores
 from service.explain.task import Task
 
 Coalition = frozenset[int]
+
+
+def permutations(players: int, samples: int, seed: int) -> list[list[int]]:
+    """``samples`` seeded random orders of the players (Shapley sampling, faithfulness's random rankings)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(samples):
+        order = list(range(players))
+        rng.shuffle(order)
+        out.append(order)
+    return out
 
 
 def players_of(task: Task) -> list[tuple[int, ...]]:

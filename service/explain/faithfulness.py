@@ -19,7 +19,6 @@ k's) are run once, so the count is known before running (``cost.faithfulness_inp
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from service.explain import forward as fw
+from service.explain.ablation import permutations as random_rankings
 from service.explain.context import Context
 from service.explain.cost import faithfulness_inputs
 from service.explain.methods.base import MethodOutput
@@ -119,16 +119,6 @@ def unit_scores(out: MethodOutput, task: Task, aggregation: str) -> tuple[np.nda
 def ranking(scores: np.ndarray) -> list[int]:
     """Unit indices, highest score first (ties in position order)."""
     return [int(i) for i in np.argsort(-scores, kind="stable")]
-
-
-def random_rankings(units: int, count: int, seed: int) -> list[list[int]]:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(count):
-        order = list(range(units))
-        rng.shuffle(order)
-        out.append(order)
-    return out
 
 
 class _Scorer:

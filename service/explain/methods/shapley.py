@@ -15,29 +15,18 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import random
 from typing import Any
 
 import numpy as np
 import torch
 
 from service.explain import ablation
-from service.explain.ablation import Coalition, players_of
+from service.explain.ablation import Coalition, permutations, players_of
 from service.explain.context import Context
 from service.explain.cost import Cost, ModelDims, Shape
 from service.explain.methods.base import SIGN_SUPPORTS, Method, MethodOutput, register
 from service.explain.options import ShapleyParams
 from service.explain.task import Task
-
-
-def permutations(players: int, samples: int, seed: int) -> list[list[int]]:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(samples):
-        order = list(range(players))
-        rng.shuffle(order)
-        out.append(order)
-    return out
 
 
 def coalitions(orders: list[list[int]], players: int) -> list[Coalition]:
