@@ -67,7 +67,7 @@ def main() -> None:
     )
     name, source = settings.model_specs()[0]
     # The speed calibration only sizes chunks (results do not depend on them) and takes minutes on busy cores.
-    loader.calibrate = lambda *_, **__: Speed(1e9, 1e9, 0.0, 0.0, 128)  # type: ignore[assignment]
+    loader.calibrate = lambda *_, **__: Speed(1e9, 1e9, 0.0, 0.0, 128)  # type: ignore[attr-defined]
     lm = loader.load_model(name, source, settings)
     lm.speed = None
     log("loaded")
