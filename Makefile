@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.glassbox-installed
 TORCH_INDEX_ARGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: setup browser serve test pytest test-fast lint format bench-explain bench-methods bench-cache bench-serve loadtest check-deploy clean
+.PHONY: setup browser serve test pytest test-fast lint format bench-explain bench-methods bench-faithfulness bench-cache bench-serve loadtest check-deploy clean
 
 setup: $(STAMP)
 
@@ -57,6 +57,9 @@ bench-explain: $(STAMP)
 
 bench-methods: $(STAMP)
 	PYTHONPATH=. $(BIN)/python bench/bench_methods.py
+
+bench-faithfulness: $(STAMP)
+	PYTHONPATH=. $(BIN)/python bench/bench_faithfulness.py
 
 bench-cache: $(STAMP)
 	PYTHONPATH=. $(BIN)/python bench/bench_cache.py

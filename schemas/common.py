@@ -54,6 +54,32 @@ class ModelRef(BaseModel):
     revision: str = Field(description="SHA-256 (hex) identifying the loaded weights.")
 
 
+class Support(BaseModel):
+    """Whether the model can do something, and if not, why (the same reason a request gets in its 422)."""
+
+    supported: bool
+    reason: str | None = None
+
+
+class ModelFactsInfo(BaseModel):
+    """The model's architecture as the service reads it (``service/models/facts.py``)."""
+
+    model_class: str
+    model_type: str = Field(description="Of the text config (a composite config's decoder).")
+    layers: int = Field(description="Decoder layers.")
+    layer_kinds: list[str] = Field(
+        description="Per decoder layer: attention, sliding_attention, linear_attention, mamba, recurrent, rwkv, ..."
+    )
+    attention_layers: list[int] = Field(description="Decoder-layer indices whose attention weights are captured.")
+    attention_capture: str | None = Field(description="How attention weights are captured; null when they are not.")
+    heads: int | None = Field(description="Attention heads; null for a model without attention.")
+    kv_heads: int | None
+    hidden_size: int
+    vocab: int
+    context: int | None = Field(description="Context length the config names (null: none; max_context applies).")
+    embedding_scale: float = Field(description="Embedding module output over the raw weight row (√d for Gemma).")
+
+
 class ModelInfo(BaseModel):
     id: str
     source: str
@@ -63,7 +89,11 @@ class ModelInfo(BaseModel):
     max_context: int
     vocab_size: int
     num_layers: int
-    num_heads: int
+    num_heads: int | None = Field(description="Attention heads; null for a model without attention (mamba, rwkv).")
     chat_template: bool
     ready: bool
     default: bool
+    facts: ModelFactsInfo
+    supports: dict[str, Support] = Field(description="Per explain method: whether this model can run it, and why not.")
+    generation: Support
+    batching: Support = Field(description="Whether concurrent requests decode in one batch (else one at a time).")

@@ -5,7 +5,7 @@ Pydantic only, no torch: a client can validate requests and read responses witho
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -23,6 +23,8 @@ MethodName = Literal[
     "logit_lens",
     "attention_gradient",
     "shapley",
+    "context_attribution",
+    "counterfactual",
 ]
 METHOD_NAMES: tuple[str, ...] = MethodName.__args__  # type: ignore[attr-defined]
 
@@ -105,6 +107,47 @@ class ShapleyOptions(_Strict):
     )
 
 
+class ContextAttributionOptions(_Strict):
+    """ContextCite: random ablations of the sources, and a sparse linear surrogate fitted to their effect."""
+
+    mode: Literal["lasso", "leave_one_out"] = Field(
+        "lasso",
+        description="`lasso`: `n_ablations` random keep/drop masks and a Lasso surrogate (ContextCite); "
+        "`leave_one_out`: exact effect of removing each source alone (one forward per source).",
+    )
+    n_ablations: int = Field(32, ge=4, le=4096, description="Random ablations the surrogate is fitted on.")
+    held_out: int = Field(8, ge=0, le=1024, description="Extra ablations kept out of the fit to score the surrogate.")
+    keep_probability: float = Field(0.5, gt=0.0, lt=1.0, description="Chance that a source stays in an ablation.")
+    alpha: float = Field(0.01, ge=0.0, le=10.0, description="Lasso penalty (0: ordinary least squares).")
+    seed: int = Field(0, ge=0, description="Seed of the ablation sampler (same seed, same scores).")
+    citation_threshold: float = Field(
+        0.25,
+        ge=0.0,
+        description="A source is cited for an answer sentence when removing it lowers the sentence's "
+        "log-probability by at least this much (nats, by the surrogate) ...",
+    )
+    citation_relative: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="... and by at least this share of the strongest source's effect on that sentence.",
+    )
+
+
+class CounterfactualOptions(_Strict):
+    """The smallest set of units, in ranked order, whose removal changes the greedy answer (re-generated)."""
+
+    rank_by: Literal["input_x_gradient", "leave_one_out"] = Field(
+        "input_x_gradient",
+        description="How units are ranked: input × gradient (one backward) or leave-one-out (a forward per unit).",
+    )
+    max_runs: int = Field(8, ge=1, le=256, description="Re-generations the search may spend (the reference included).")
+    max_units: int = Field(8, ge=1, le=1000, description="The largest set of units tried.")
+    compare_tokens: int | None = Field(
+        None, ge=1, le=10_000, description="The first k answer tokens decide whether it changed (all if omitted)."
+    )
+
+
 class Segment(_Strict):
     """A caller-given source unit: a labelled substring, or a character span (in `prompt` or in one message)."""
 
@@ -137,6 +180,49 @@ class TargetSpan(_Strict):
         return self
 
 
+def _default_k() -> list[float]:
+    return [0.1, 0.2, 0.5]
+
+
+class FaithfulnessOptions(_Strict):
+    """Deletion test of each method's ranking: remove (or keep only) its top-k fraction of units, re-score."""
+
+    k: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
+        default_factory=_default_k,
+        min_length=1,
+        max_length=20,
+        description="Fractions of the source units (0 < k <= 1) removed (comprehensiveness) or kept (sufficiency).",
+    )
+    random: int = Field(3, ge=0, le=32, description="Seeded random unit sets per k, the baseline (their mean).")
+    seed: int = Field(0, ge=0, description="Seed of the random unit sets (same seed, same sets).")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> FaithfulnessOptions:
+        if len(set(self.k)) != len(self.k):
+            raise ValueError("`k` lists a fraction twice")
+        return self
+
+
+class StabilityOptions(_Strict):
+    """Re-explain under small seeded perturbations; compare each method's scores over the units left."""
+
+    perturbations: int = Field(3, ge=1, le=32, description="Perturbed inputs (each re-runs every method).")
+    kind: Literal["drop", "replace"] = Field(
+        "drop", description="Low-importance units are deleted, or replaced by the pad token (positions kept)."
+    )
+    fraction: float = Field(0.1, ge=0.0, le=0.5, description="Share of the source units each perturbation touches.")
+    k: int = Field(5, ge=1, le=100, description="Top-k overlap: the k strongest units before and after.")
+    seed: int = Field(0, ge=0, description="Same seed, same perturbations.")
+    regenerate: bool = Field(True, description="Re-generate the greedy answer on each perturbed input.")
+
+
+class EvaluateOptions(_Strict):
+    """Opt-in checks of the explanations themselves (extra forward passes, counted in the cost model)."""
+
+    faithfulness: FaithfulnessOptions | None = None
+    stability: StabilityOptions | None = None
+
+
 def _default_methods() -> list[MethodName]:
     return ["input_x_gradient"]
 
@@ -148,7 +234,11 @@ def _default_scope() -> list[Scope]:
 class ExplainOptions(_Strict):
     """What to compute and how to shape it; valid in `/explain` and in `/generate`'s `explain` field."""
 
-    methods: list[MethodName] = Field(default_factory=_default_methods, min_length=1, max_length=len(METHOD_NAMES))
+    methods: list[MethodName] = Field(
+        default_factory=_default_methods,
+        max_length=len(METHOD_NAMES),
+        description="Attribution methods; `[]` only scores the target (one forward pass: its log-probabilities).",
+    )
     scope: list[Scope] = Field(
         default_factory=_default_scope,
         min_length=1,
@@ -185,6 +275,20 @@ class ExplainOptions(_Strict):
     logit_lens: LogitLensOptions = Field(default_factory=LogitLensOptions)
     occlusion: OcclusionOptions = Field(default_factory=OcclusionOptions)
     shapley: ShapleyOptions = Field(default_factory=ShapleyOptions)
+    evaluate: EvaluateOptions | None = Field(
+        None, description='`{"faithfulness": {...}}`: measure each method\'s faithfulness by deleting units.'
+    )
+    context_attribution: ContextAttributionOptions = Field(default_factory=ContextAttributionOptions)
+    counterfactual: CounterfactualOptions = Field(default_factory=CounterfactualOptions)
+    self_explanation: bool = Field(
+        False,
+        description="Ask the model, in a follow-up turn, why it gave its answer, and check that account against "
+        "the attributions (`self_explanation` in the response).",
+    )
+    self_explanation_tokens: int = Field(64, ge=1, le=1024, description="Longest self-explanation generated.")
+    document_units: Literal["document", "sentence"] = Field(
+        "document", description="With `documents`: each document is a unit, or each of its sentences."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ExplainOptions:
@@ -244,6 +348,58 @@ class ExcludedMass(BaseModel):
     excluded: str = Field(description="Which positions were excluded, in words.")
 
 
+class FaithfulnessResult(BaseModel):
+    """How much the answer's log-probability depends on the units a method ranks highest (nats).
+
+    Comprehensiveness at k: log p(span | input) − log p(span | input without the top-k fraction of units);
+    sufficiency at k: the same with only the top-k kept. Higher comprehensiveness and lower sufficiency
+    mean a more faithful ranking. The random figures are the mean over seeded random unit sets.
+    """
+
+    k: list[float]
+    units: int = Field(description="Source units ranked (the `sequence` sources).")
+    removed: list[int] = Field(description="Units removed (or kept) at each k: ceil(k × units).")
+    removal: Literal["delete"] = Field(description="Removed units' tokens are deleted (later positions shift).")
+    ranking: str = Field(description="Which scores ranked the units, highest first.")
+    base_logprob: float = Field(description="log p(span) with the whole input.")
+    comprehensiveness: list[float]
+    sufficiency: list[float]
+    random_comprehensiveness: list[float]
+    random_sufficiency: list[float]
+    aopc: float = Field(description="Mean comprehensiveness over k (area over the perturbation curve).")
+    aopc_sufficiency: float
+    random_aopc: float | None = None
+    beats_random: bool | None = Field(
+        None, description="The method's AOPC is larger than the random sets' (null without random sets)."
+    )
+    forwards: int = Field(description="Masked inputs this method's figures rest on (each one forward).")
+    random: int
+    seed: int
+
+
+class StabilityResult(BaseModel):
+    """How much the explanation moves under small input changes (1.0: not at all)."""
+
+    rho: list[float] = Field(description="Spearman's rank correlation over the units left, per perturbation.")
+    top_k_overlap: list[float] = Field(description="Shared share of the k strongest units, per perturbation.")
+    mean_rho: float
+    mean_top_k_overlap: float
+    k: int
+    kind: str
+    fraction: float
+    perturbations: int
+    seed: int
+    touched_units: list[list[int]] = Field(description="Indices into `sources` each perturbation touched.")
+    answer_changed: list[bool] | None = Field(None, description="The greedy answer differs, per perturbation.")
+    stable: bool = Field(description="Mean rank correlation at least 0.5.")
+
+
+class Evaluation(BaseModel):
+    faithfulness: FaithfulnessResult | None = None
+    stability: StabilityResult | None = None
+    skipped: str | None = Field(None, description="Why a requested evaluation could not run for this method.")
+
+
 class MethodResult(BaseModel):
     tokens: ArrayData | None = Field(None, description="[..., target, source]")
     sequence: ArrayData | None = Field(None, description="[..., source] over the first `sequence_sources` sources.")
@@ -254,6 +410,7 @@ class MethodResult(BaseModel):
     excluded_mass: ExcludedMass | None = Field(
         None, description="Present when sources were excluded and the method scores positions (not units)."
     )
+    evaluation: Evaluation | None = Field(None, description="With `evaluate`: how faithful this result is.")
 
 
 class SourceUnit(BaseModel):
@@ -267,6 +424,37 @@ class SourceUnit(BaseModel):
     message_index: int | None = None
     role: str | None = None
     label: str | None = None
+
+
+class CitedSource(BaseModel):
+    source: int = Field(description="Index into `sources`.")
+    label: str | None = None
+    score: float = Field(description="Drop in the sentence's log-probability without this source (nats).")
+
+
+class Citation(BaseModel):
+    """One answer sentence and the sources that support it (`context_attribution`)."""
+
+    text: str
+    start: int = Field(description="Character offsets in the answer text.")
+    end: int
+    tokens: list[int] = Field(description="Target token indices [start, end) of the sentence.")
+    sources: list[CitedSource] = Field(description="Sources at or above the threshold, strongest first.")
+    supported: bool = Field(description='False when no source reaches the threshold ("unsupported").')
+
+
+class SelfExplanation(BaseModel):
+    """The model's own account of its answer, held against the evidence (the summary's method)."""
+
+    text: str = Field(description="What the model said when asked why (greedy, in a follow-up turn).")
+    question: str = Field(description="The follow-up question it was asked.")
+    method: str = Field(description="The attribution method the account is checked against.")
+    mentioned: list[int] = Field(description="Indices into `sources` of the sources the account names.")
+    mentioned_share: float = Field(description="Their share of the method's absolute attribution mass.")
+    top_sources: list[int] = Field(description="The three strongest sources by |score|.")
+    top_mentioned: list[bool] = Field(description="Whether the account names each of them.")
+    agrees: bool = Field(description="It names the strongest source, or sources holding half the mass or more.")
+    verdict: str = Field(description="The finding in one plain sentence.")
 
 
 class ContrastSize(BaseModel):
@@ -310,6 +498,7 @@ class ExplainResponse(BaseModel):
     prompt_text: str
     prompt_tokens: list[Token]
     target_tokens: list[Token] = Field(description="The answer's tokens with their log-probabilities.")
+    answer_logprob: float | None = Field(None, description="Sum of the answer tokens' log-probabilities.")
     rows: list[int] = Field(description="`tokens` scope: the target token index of each row.")
     span: list[int] = Field(description="Target tokens [start, end) explained in `sequence` scope.")
     sources: list[SourceUnit]
@@ -319,6 +508,10 @@ class ExplainResponse(BaseModel):
     attributed: Attributed
     methods: dict[str, MethodResult]
     summary: str
+    self_explanation: SelfExplanation | None = Field(None, description="With `self_explanation: true`.")
+    citations: list[Citation] | None = Field(
+        None, description="Per answer sentence, the sources that support it (with `context_attribution`)."
+    )
     provenance: Provenance
     cache: Literal["hit", "miss", "bypass", "error"] | None = Field(
         None, description="What the response cache did (also in the `X-Cache` header); timings are the original's."

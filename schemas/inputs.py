@@ -7,6 +7,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from schemas.common import ChatMessage
 
 
+class Document(BaseModel):
+    """A retrieved source: placed into the prompt by the documented template, and explained as one unit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field("", max_length=1000)
+    text: str = Field(min_length=1, max_length=1_000_000)
+
+
 class InputFields(BaseModel):
     """The input shared by /generate and /explain: exactly one of ``prompt`` or ``messages``."""
 
@@ -17,6 +26,14 @@ class InputFields(BaseModel):
         None, min_length=1, max_length=1000, description="OpenAI-style chat, formatted by the chat template."
     )
     model: str | None = Field(None, description="Model id from `GET /models`; the default model if omitted.")
+    documents: list[Document] | None = Field(
+        None,
+        min_length=1,
+        max_length=100,
+        description="Retrieved sources (RAG): they become one system message first in the chat (or a block "
+        "before the prompt), `Use these documents to answer.` then `[i] title` and the text of each; "
+        "explanations then score each document (or its sentences) as a unit.",
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> InputFields:

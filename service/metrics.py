@@ -40,6 +40,17 @@ TIME_PER_OUTPUT_TOKEN = Histogram(
 BATCH_SIZE = Histogram(
     "glassbox_batch_size", "Sequences per decode step.", ["model"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 )
+MODEL_BATCHING = Gauge(
+    "glassbox_model_batching",
+    "1 when the model's concurrent generations share one decode batch, 0 when they decode one at a time.",
+    ["model"],
+)
+SERIAL_DECODES = Counter(
+    "glassbox_serial_decodes_total",
+    "Generations decoded one sequence at a time, by reason (cache_class, cache_layer, recurrent_state, no_cache, "
+    "merge_failed, ...: why the model's cache is not merged into the batch).",
+    ["model", "reason"],
+)
 TOKENS = Counter("glassbox_tokens_total", "Tokens processed (kind: prompt, completion).", ["model", "kind"])
 WORK_STOPPED = Counter(
     "glassbox_work_stopped_total",

@@ -22,10 +22,10 @@ PROMPT = "The capital of France is Paris. The capital"
 TARGET = "-city is Paris"
 
 
-def metaspace_tokenizer() -> PreTrainedTokenizerFast:
+def metaspace_tokenizer(scheme: str = "first") -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme)
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme=scheme)
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"])
     tok.train_from_iterator([*CORPUS, "-city"], trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
@@ -35,8 +35,9 @@ def _ids(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def test_continuation_is_tokenized_as_after_the_prompt() -> None:
-    tokenizer = metaspace_tokenizer()
+@pytest.mark.parametrize("scheme", ["first", "always"])
+def test_continuation_is_tokenized_as_after_the_prompt(scheme: str) -> None:
+    tokenizer = metaspace_tokenizer(scheme)
     alone = _ids(tokenizer, TARGET)
     in_context = _ids(tokenizer, PROMPT + TARGET)[len(_ids(tokenizer, PROMPT)) :]
     assert alone != in_context  # the premise: a dummy "▁" starts the target alone

@@ -15,6 +15,12 @@ from service.explain.objective import logprobs, sequence_score, token_scores
 from service.explain.task import Task
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Where gradient × input products are summed: float32, or float64 for a float64 model. A bfloat16
+    model's products reduced in bfloat16 lose about three significant digits over the hidden dimension."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 @dataclass
 class Forward:
     """One forward over prompt + answer with teacher forcing: every target's output at once."""
@@ -24,7 +30,7 @@ class Forward:
     span_score: torch.Tensor | None  # [1] attributed function of the span (sequence scope)
     answer_logprobs: list[float]  # every answer token's log-probability
     foil_logprobs: list[float] | None
-    attentions: tuple[torch.Tensor, ...] | None
+    attentions: fw.Attentions | None  # per decoder layer, None where a layer has no attention weights
 
 
 @dataclass
@@ -129,7 +135,8 @@ class Context:
         task = self.task
         fwd = self.forward
         saliency = ixg = seq_saliency = seq_ixg = None
-        x = self.embeddings
+        acc = accumulation_dtype(self.embeddings.dtype)
+        x = self.embeddings.to(acc)
         if fwd.row_scores is not None and task.rows:
             count = len(task.rows)
             saliency = torch.zeros(count, task.seq_len)
@@ -138,32 +145,34 @@ class Context:
                 chunk = range(start, min(count, start + task.chunks.targets))
                 vectors = fw.one_hot_rows(chunk, count, 1, None, fwd.row_scores)
                 keep = chunk.stop < count or fwd.span_score is not None  # free the graph after its last use
-                grads = fw.batched_input_grads(fwd.row_scores, fwd.leaf, vectors, keep_graph=keep)[:, 0]
+                grads = fw.batched_input_grads(fwd.row_scores, fwd.leaf, vectors, keep_graph=keep)[:, 0].to(acc)
                 saliency[chunk.start : chunk.stop] = grads.norm(dim=-1).float().cpu()
                 ixg[chunk.start : chunk.stop] = (grads * x).sum(-1).float().cpu()
                 self.emit_rows("saliency", chunk, saliency[chunk.start : chunk.stop].numpy())
                 self.emit_rows("input_x_gradient", chunk, ixg[chunk.start : chunk.stop].numpy())
                 self.unit("gradients")
         if "sequence" in task.scopes:
-            grad = self.sequence_gradient()
+            grad = self.sequence_gradient().to(acc)
             seq_saliency = grad.norm(dim=-1).float().cpu()
             seq_ixg = (grad * x[: task.sequence_sources]).sum(-1).float().cpu()
             self.unit("gradients")
         return GradientRows(saliency, ixg, seq_saliency, seq_ixg)
 
     def sequence_gradient(self) -> torch.Tensor:
-        """d(span function)/d(embeddings) over the span's sources [S, d]; minus the contrast's if any."""
+        """d(span function)/d(embeddings) over the span's sources [S, d]; minus the contrast's if any (in the
+        accumulation dtype)."""
         fwd = self.forward
         assert fwd.span_score is not None
         sources = self.task.sequence_sources
         (grad,) = torch.autograd.grad(fwd.span_score.sum(), fwd.leaf)  # the last pass over this graph
-        grad = grad[0, :sources]
+        acc = accumulation_dtype(grad.dtype)
+        grad = grad[0, :sources].to(acc)
         contrast = self.task.contrast_sequence
         if contrast is not None:
             leaf = fw.embed(self.model, contrast).unsqueeze(0).requires_grad_(True)
             score = self.contrast_score(leaf)
             (other,) = torch.autograd.grad(score.sum(), leaf)
-            grad = grad - other[0, :sources]
+            grad = grad - other[0, :sources].to(acc)
         return grad
 
     # --- the contrast sequence (sequence scope) --------------------------------------------------

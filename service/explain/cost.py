@@ -13,6 +13,7 @@ from transformers import PretrainedConfig
 
 from service.errors import BudgetExceeded
 from service.explain.task import Chunks
+from service.models.facts import ModelFacts, text_config
 
 MAX_CHUNK = 16
 
@@ -25,18 +26,41 @@ class ModelDims:
     intermediate: int
     vocab: int
     elem: int  # bytes per activation element
+    #: Layers with attention weights ([H, T, T] each); None means every layer.
+    attention_layers: int | None = None
+
+    @property
+    def attending(self) -> int:
+        """Layers that hold attention weights."""
+        return self.layers if self.attention_layers is None else self.attention_layers
 
     @classmethod
-    def of(cls, config: PretrainedConfig, elem: int = 4) -> ModelDims:
+    def of(cls, source: ModelFacts | PretrainedConfig, elem: int = 4) -> ModelDims:
+        """From the model's facts (a config still works: its text config's fields, every layer attention)."""
+        if isinstance(source, ModelFacts):
+            return cls(
+                layers=source.layers,
+                heads=source.heads or 0,
+                hidden=source.hidden,
+                intermediate=source.intermediate,
+                vocab=source.vocab,
+                elem=elem,
+                attention_layers=len(source.attention_layers),
+            )
+        config = text_config(source)
         hidden = int(getattr(config, "hidden_size", 768))
         return cls(
             layers=int(getattr(config, "num_hidden_layers", 12)),
-            heads=int(getattr(config, "num_attention_heads", 12)),
+            heads=int(getattr(config, "num_attention_heads", None) or 0),
             hidden=hidden,
             intermediate=int(getattr(config, "intermediate_size", None) or 4 * hidden),
             vocab=int(getattr(config, "vocab_size", 32_000)),
             elem=elem,
         )
+
+    def attention_bytes(self, seq: int) -> int:
+        """One set of attention weights (float32) over every attention layer."""
+        return self.attending * self.heads * seq * seq * 4
 
     def token_pass_flops(self) -> int:
         """Multiply-adds of one token through the model's matrices (attention scores left out): the unit of work."""
@@ -50,7 +74,7 @@ class ModelDims:
     def graph_bytes(self, batch: int, seq: int, kept: int, eager: bool) -> int:
         """Activations a forward keeps for backward, plus the kept logits (float32, with softmax)."""
         per_token = self.layers * (8 * self.hidden + 3 * self.intermediate) * self.elem
-        attention = self.layers * self.heads * seq * seq * self.elem * (3 if eager else 1)
+        attention = self.attending * self.heads * seq * seq * self.elem * (3 if eager else 1)
         return batch * (seq * per_token + attention + kept * self.vocab * 4 * 3)
 
     def backward_bytes(self, vectors: int, batch: int, seq: int, kept: int) -> int:
@@ -143,3 +167,18 @@ def check(cost: Cost, limits: Limits) -> None:
             param="prompt",
             code="explain_memory_mb",
         )
+
+
+def faithfulness_inputs(units: int, removed: list[int], rankings: int) -> int:
+    """Distinct masked inputs of a faithfulness evaluation: the whole input, every unit deleted (shared by
+    all rankings when some k removes every unit), and per ranking and distinct count below ``units`` one
+    input without its top units and one with only them."""
+    if units == 0 or rankings == 0:
+        return 0
+    distinct = set(removed)
+    return 1 + (units in distinct) + 2 * len(distinct - {units}) * rankings
+
+
+def faithfulness_cost(shape: Shape, dims: ModelDims, inputs: int) -> Cost:
+    """Each masked input is one forward no longer than the whole sequence (no graph kept: no backward)."""
+    return Cost(work=inputs * shape.seq_len, memory=dims.graph_bytes(1, shape.seq_len, shape.span_len, False) // 4)

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from transformers import PreTrainedModel
 
+from service.explain import faithfulness, stability
 from service.explain import methods as registry
 from service.explain.checkpoint import NO_CHECKPOINT, Checkpoint, RowsCallback
 from service.explain.context import Context
-from service.explain.methods.base import MethodOutput
+from service.explain.methods.base import Method, MethodOutput
 from service.explain.state import explaining
 from service.explain.task import Task
 
@@ -24,6 +27,8 @@ class EngineResult:
     foil_logprobs: list[float] | None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     units: int = 0  # units of work run
+    evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> faithfulness figures
+    stability: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> stability figures
     contrast_logprobs: list[float] | None = None  # sequence-scope contrast: each contrast token's log-probability
 
 
@@ -36,7 +41,45 @@ def total_units(task: Task) -> int:
     """Units the progress bar counts: the forward, the shared gradients, each method's own, one per method."""
     methods = [registry.get(name) for name in task.methods]
     gradients = any(m.needs_gradients for m in methods)
-    return 1 + (shared_gradient_units(task) if gradients else 0) + sum(m.units(task) + 1 for m in methods)
+    own = sum(m.units(task) + 1 for m in methods)
+    plain = 1 + (shared_gradient_units(task) if gradients else 0) + own
+    return plain + faithfulness.units(task) + stability.units(task, total_units)
+
+
+def _run_methods(ctx: Context, methods: list[Method], timings: dict[str, float]) -> dict[str, MethodOutput]:
+    """The shared forward and gradients, then each method, one unit each (rows streamed as they are final)."""
+    task = ctx.task
+    started = time.perf_counter()
+    _ = ctx.forward
+    timings["forward"] = time.perf_counter() - started
+    if any(m.needs_gradients for m in methods):
+        started = time.perf_counter()
+        _ = ctx.gradient_rows
+        timings["gradients"] = time.perf_counter() - started
+    outputs: dict[str, MethodOutput] = {}
+    for method in methods:
+        started = time.perf_counter()
+        out = outputs[method.name] = method.run(ctx, task.methods[method.name])
+        if out.tokens is not None and method.name not in ctx.streamed:
+            ctx.emit_rows(method.name, range(len(task.rows)), out.tokens, over_units=out.over_units)
+        timings[method.name] = time.perf_counter() - started
+        ctx.unit(method.name)
+    return outputs
+
+
+def _rerun(
+    parent: Context, methods: list[Method], attention: bool, gradients: bool
+) -> Callable[[Task], dict[str, MethodOutput]]:
+    """Every method again on a perturbed task, in the same model state, counting units on ``parent``."""
+
+    def again(perturbed: Task) -> dict[str, MethodOutput]:
+        sub = Context(parent.model, perturbed, attentions=attention, gradients=gradients, checkpoint=parent.checkpoint)
+        sub.done_units, sub.total_units = parent.done_units, parent.total_units
+        outs = _run_methods(sub, methods, {})
+        parent.done_units = sub.done_units
+        return outs
+
+    return again
 
 
 def explain(
@@ -58,22 +101,28 @@ def explain(
             on_rows=on_rows,
             total_units=total_units(task),
         )
-        started = time.perf_counter()
+        outputs = _run_methods(ctx, methods, timings)
         forward = ctx.forward
-        timings["forward"] = time.perf_counter() - started
-        if gradients:
+        evaluations = {}
+        if task.evaluate is not None:
             started = time.perf_counter()
-            _ = ctx.gradient_rows
-            timings["gradients"] = time.perf_counter() - started
-        for method in methods:
+            evaluations = faithfulness.run(ctx, outputs)
+            timings["faithfulness"] = time.perf_counter() - started
+        stable: dict[str, dict[str, Any]] = {}
+        if task.stability is not None:
             started = time.perf_counter()
-            out = outputs[method.name] = method.run(ctx, task.methods[method.name])
-            if out.tokens is not None and method.name not in ctx.streamed:
-                ctx.emit_rows(method.name, range(len(task.rows)), out.tokens, over_units=out.over_units)
-            timings[method.name] = time.perf_counter() - started
-            ctx.unit(method.name)
+
+            stable = stability.run(ctx, outputs, _rerun(ctx, methods, attention, gradients))
+            timings["stability"] = time.perf_counter() - started
         result = EngineResult(
-            outputs, forward.answer_logprobs, forward.foil_logprobs, timings, ctx.done_units, ctx.contrast_logprobs
+            outputs,
+            forward.answer_logprobs,
+            forward.foil_logprobs,
+            timings,
+            ctx.done_units,
+            evaluations=evaluations,
+            stability=stable,
+            contrast_logprobs=ctx.contrast_logprobs,
         )
         del ctx, forward  # drop the graph before leaving the model's thread
     return result

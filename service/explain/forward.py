@@ -8,6 +8,7 @@ import torch
 from transformers import PreTrainedModel
 
 from service.explain.state import attention_capture
+from service.models.facts import facts_of
 
 
 def embedding_weight(model: PreTrainedModel) -> torch.Tensor:
@@ -29,20 +30,41 @@ def embed(model: PreTrainedModel, ids: list[int] | tuple[int, ...]) -> torch.Ten
     return embed_batch(model, torch.tensor(list(ids), device=embedding_weight(model).device))
 
 
+#: Per decoder layer (the model's own indices): [B, H, T, T] attention weights, None at a layer without them
+#: (a hybrid's mamba, recurrent or linear-attention layers).
+Attentions = tuple[torch.Tensor | None, ...]
+
+
 @dataclass
 class Outputs:
     logits: torch.Tensor  # [B, n, V] at the kept positions
-    attentions: tuple[torch.Tensor, ...] | None  # per layer [B, H, T, T]
+    attentions: Attentions | None
 
 
 def run(model: PreTrainedModel, embeds: torch.Tensor, keep: torch.Tensor, *, attentions: bool = False) -> Outputs:
-    """One forward over [B, T, d] embeddings; ``keep`` is [n] positions or [B, n] per-row positions."""
+    """One forward over [B, T, d] embeddings; ``keep`` is [n] positions or [B, n] per-row positions.
+
+    With ``attentions``, the weights come from hooks on the modules transformers declares
+    (``_can_record_outputs``) or, for families that declare none (bloom, falcon, gpt_neo, mpt), from
+    ``output_attentions=True``; either way indexed by decoder layer (see ``ModelFacts.attention``).
+    """
     if not attentions:
         out = model(inputs_embeds=embeds, logits_to_keep=keep, use_cache=False)
         return Outputs(out.logits, None)
-    with attention_capture(model) as captured:
-        out = model(inputs_embeds=embeds, logits_to_keep=keep, use_cache=False)
-    return Outputs(out.logits, tuple(captured))
+    facts = facts_of(model)
+    capture = facts.attention
+    if capture is None:  # the planner refuses attention methods on such models first
+        raise RuntimeError(f"no attention weights to capture: {facts.attention_reason}")
+    if capture.how == "flag":
+        out = model(inputs_embeds=embeds, logits_to_keep=keep, use_cache=False, output_attentions=True)
+        weights = {i: out.attentions[i] for i in capture.layers}
+    else:
+        with attention_capture(model) as captured:
+            out = model(inputs_embeds=embeds, logits_to_keep=keep, use_cache=False)
+        if len(captured) != len(capture.layers):
+            raise RuntimeError(f"captured {len(captured)} attention tensors for {len(capture.layers)} attention layers")
+        weights = dict(zip(capture.layers, captured, strict=True))
+    return Outputs(out.logits, tuple(weights.get(i) for i in range(facts.layers)))
 
 
 def predicting(positions: list[int] | tuple[int, ...] | range, device: torch.device) -> torch.Tensor:

@@ -43,3 +43,25 @@ class ShapleyParams:
     masking: str = "delete"
     seed: int = 0
     exact: bool = True  # enumerate every coalition when that costs no more than sampling
+
+
+@dataclass(frozen=True)
+class ContextAttributionParams:
+    mode: str = "lasso"  # or "leave_one_out"
+    n_ablations: int = 32
+    held_out: int = 8
+    keep_probability: float = 0.5
+    alpha: float = 0.01
+    seed: int = 0
+    citation_threshold: float = 0.25
+    citation_relative: float = 0.5
+    #: answer sentences as [start, end) positions (filled by the planner; scored for citations)
+    sentences: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class CounterfactualParams:
+    rank_by: str = "input_x_gradient"  # or "leave_one_out"
+    max_runs: int = 8  # re-generations the search may spend (the reference generation included)
+    max_units: int = 8  # the largest set tried
+    compare_tokens: int | None = None  # the first k answer tokens decide "changed" (None: the whole answer)

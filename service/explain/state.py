@@ -10,6 +10,7 @@ import torch
 from transformers import PreTrainedModel
 
 from service.explain.checkpoint import Checkpoint
+from service.models.facts import facts_of
 
 #: Set on a model while other work runs at one of an explanation's checkpoints: our hooks stand aside.
 _PAUSED = "_glassbox_paused"
@@ -131,19 +132,15 @@ def explaining(model: PreTrainedModel, *, attention: bool, checkpoint: Checkpoin
         model.train(was_training)
 
 
-def _attention_modules(model: PreTrainedModel) -> tuple[list[torch.nn.Module], int]:
-    """The modules whose outputs carry attention weights, from the model's own recording spec
-    (``_can_record_outputs["attentions"]``), and the index of the weights in their output tuple."""
-    for module in model.modules():
-        spec = (getattr(module, "_can_record_outputs", None) or {}).get("attentions")
-        if spec is None:
-            continue
-        spec = spec[0] if isinstance(spec, list) else spec
-        target = getattr(spec, "target_class", spec)
-        index = int(getattr(spec, "index", 1)) if hasattr(spec, "target_class") else 1
-        if isinstance(target, type):
-            return [m for m in model.modules() if isinstance(m, target)], index
-    raise RuntimeError(f"{type(model).__name__} does not say which modules produce attention weights")
+def _attention_modules(model: PreTrainedModel) -> list[tuple[torch.nn.Module, int]]:
+    """The modules whose outputs carry attention weights (one per attention layer, in layer order, from the
+    model's facts) and the index of the weights in their output tuple."""
+    facts = facts_of(model)
+    capture = facts.attention
+    if capture is None or capture.how != "record":
+        reason = facts.attention_reason or f"{facts.model_type} returns attention weights only with output_attentions"
+        raise RuntimeError(f"no attention modules to hook: {reason}")
+    return [(model.get_submodule(name), index) for name, index in zip(capture.modules, capture.indices, strict=True)]
 
 
 @contextmanager
@@ -153,18 +150,20 @@ def attention_capture(model: PreTrainedModel) -> Iterator[list[torch.Tensor]]:
     Our own hooks rather than ``output_attentions=True``, which makes transformers install permanent
     hooks on the shared model the first time it is asked.
     """
-    modules, index = _attention_modules(model)
     captured: list[torch.Tensor] = []
 
-    def hook(_module: torch.nn.Module, _args: Any, output: Any) -> None:
-        if is_paused(model):
-            return
-        weights = output[index] if isinstance(output, tuple) else None
-        if weights is None:
-            raise RuntimeError("the attention module returned no weights (is eager attention on?)")
-        captured.append(weights)
+    def hook_at(index: int) -> Any:
+        def hook(_module: torch.nn.Module, _args: Any, output: Any) -> None:
+            if is_paused(model):
+                return
+            weights = output[index] if isinstance(output, tuple) else None
+            if weights is None:
+                raise RuntimeError("the attention module returned no weights (is eager attention on?)")
+            captured.append(weights)
 
-    handles = [m.register_forward_hook(hook) for m in modules]
+        return hook
+
+    handles = [m.register_forward_hook(hook_at(index)) for m, index in _attention_modules(model)]
     try:
         yield captured
     finally:

@@ -39,6 +39,8 @@ class Task:
     pad_id: int | None = None  # for the `pad` integrated-gradients baseline
     methods: dict[str, Any] = field(default_factory=dict)  # method name -> its options (pydantic model)
     chunks: Chunks = field(default_factory=Chunks)
+    evaluate: Any = None  # faithfulness.FaithfulnessParams: re-score the answer with units deleted
+    stability: Any = None  # stability.StabilityParams: re-explain under small perturbations
 
     def __post_init__(self) -> None:
         if not self.included:

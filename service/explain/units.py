@@ -68,6 +68,25 @@ def _group_ids(text: str, pattern: re.Pattern[str], words: bool) -> Callable[[in
     return lambda s, e: None if (a := _anchor(text, s, e)) is None else bisect.bisect_right(ends, a)
 
 
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of the sentences of ``text`` (the `sentence` granularity's rule), without the
+    surrounding whitespace."""
+    spans, start = [], 0
+    for m in _SENTENCE_END.finditer(text):
+        spans.append((start, m.end()))
+        start = m.end()
+    spans.append((start, len(text)))
+    out = []
+    for s, e in spans:
+        while s < e and text[s].isspace():
+            s += 1
+        while e > s and text[e - 1].isspace():
+            e -= 1
+        if e > s:
+            out.append((s, e))
+    return out
+
+
 def build_units(
     granularity: str,
     tokens: Sequence[SourceToken],

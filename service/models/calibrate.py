@@ -33,7 +33,14 @@ def _best(fn: Callable[[], None], repeats: int = 2) -> float:
 
 def calibrate(model: PreTrainedModel, device: torch.device, *, max_context: int, length: int = 128) -> Speed:
     """A few passes over ``length`` and ``length / 8`` random tokens (~1 s for a 135M model on 2 CPU cores):
-    the time of a pass is a fixed cost plus a cost per token, and the two lengths tell them apart."""
+    the time of a pass is a fixed cost plus a cost per token, and the two lengths tell them apart.
+
+    Decode steps run as the batcher runs them, in the model's decode mode (its cache, its recurrent state,
+    or a recompute of the whole sequence); finding that mode here is what probes it at load."""
+    # service.serving's package imports the batcher, which imports this module's LoadedModel user: import late
+    from service.serving.cache_support import SerialRow, cache_support, prefill_inputs
+
+    mode = cache_support(model).decode_mode
     length = max(16, min(length, max_context - 4))
     short = length // 8
     vocab = int(model.config.get_text_config().vocab_size)
@@ -56,13 +63,14 @@ def calibrate(model: PreTrainedModel, device: torch.device, *, max_context: int,
 
     def decode() -> None:
         with torch.inference_mode():
-            out = model(input_ids=ids[:, :4], use_cache=True)
+            out = model(**prefill_inputs(mode, ids[:, :4]))
+            row = SerialRow(mode, out, ids[0, :4].tolist(), device)
             for _ in range(4):
-                out = model(input_ids=ids[:, :1], cache=out.cache, use_cache=True)
+                row.after(model(**row.step_inputs(int(ids[0, 0]))))
 
     def prefill() -> None:
         with torch.inference_mode():
-            model(input_ids=ids[:, :4], use_cache=True)
+            model(**prefill_inputs(mode, ids[:, :4]))
 
     try:
         for p in params:

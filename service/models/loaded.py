@@ -12,6 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from service.errors import OutOfMemory
 from service.models.calibrate import Speed
+from service.models.facts import ModelFacts, facts_of
 
 #: Substrings of allocator errors that torch raises as plain RuntimeError (CPU, MPS, older CUDA paths).
 _OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory", "failed to allocate")
@@ -49,6 +50,11 @@ class LoadedModel:
     max_context: int
     #: Measured at load (the cost model's seconds); None only for models built by hand in tests.
     speed: Speed | None = None
+
+    @functools.cached_property
+    def facts(self) -> ModelFacts:
+        """The architecture as the service uses it (computed at load by the loader)."""
+        return facts_of(self.model)
 
     @functools.cached_property
     def eos_ids(self) -> frozenset[int]:

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils.hub import cached_file
 
 from service.models.calibrate import calibrate
+from service.models.facts import facts_of
 from service.models.loaded import LoadedModel
 from service.models.sources import BUILTIN_ALIASES, convert_gguf_cached, weights_digest
 from service.settings import Settings
@@ -79,7 +80,8 @@ def load_model(name: str, source: str, settings: Settings) -> LoadedModel:
     model.requires_grad_(False)  # attributions need input gradients only
     if revision is None:
         revision = weights_digest(_local_folder(location))
-    limit = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+    facts = facts_of(model)
+    limit = facts.context or 2048  # from the text config (a composite's own config names none)
     lm = LoadedModel(
         name=name,
         source=source,
@@ -90,6 +92,7 @@ def load_model(name: str, source: str, settings: Settings) -> LoadedModel:
         revision=revision,
         max_context=settings.max_context or limit,
     )
+    lm.facts = facts
     if settings.warmup:
         warm_up(lm)
     lm.speed = calibrate(model, device, max_context=lm.max_context)

@@ -26,11 +26,19 @@ import torch
 
 from service.engine.generation import GeneratedToken, GenerationOutput, SequenceDecoder
 from service.engine.sampling import Pick, SamplingParams, pick
-from service.errors import DeadlineExceeded, GlassboxError, ShuttingDown
-from service.metrics import BATCH_SIZE, TIME_PER_OUTPUT_TOKEN, TIME_TO_FIRST_TOKEN, TOKENS
+from service.errors import DeadlineExceeded, GlassboxError, InvalidRequest, ShuttingDown
+from service.metrics import (
+    BATCH_SIZE,
+    MODEL_BATCHING,
+    SERIAL_DECODES,
+    TIME_PER_OUTPUT_TOKEN,
+    TIME_TO_FIRST_TOKEN,
+    TOKENS,
+)
 from service.models.loaded import LoadedModel, as_oom_error, is_oom
+from service.serving.cache_support import SerialRow, cache_support, prefill_inputs
 from service.serving.deadline import Deadline
-from service.serving.kv_batch import KVBatch, is_mergeable
+from service.serving.kv_batch import KVBatch
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +66,8 @@ class _Job:
     prefill_s: float = 0.0
     decode_started: float = 0.0
     abandoned: threading.Event = field(default_factory=threading.Event)
-    #: A prefilled cache that could not join the batch: the job waits to decode alone with it.
-    held: tuple[Any, int] | None = None
+    #: A prefilled row that could not join the batch: the job waits to decode alone with it.
+    held: SerialRow | None = None
 
     def stop_reason(self) -> str | None:
         if self.abandoned.is_set():
@@ -79,12 +87,23 @@ class _Job:
             self.loop.call_soon_threadsafe(settle)
 
 
+@dataclass(frozen=True)
+class _CacheOutput:
+    """A prefilled cache standing in for the model output it came from (to decode it alone)."""
+
+    cache: Any
+
+
 class Batcher:
     """Generation for one model: a queue of arrivals and the batch decoding on the model thread.
 
     The model thread belongs to the model's :class:`~service.serving.scheduler.Scheduler`, which calls
     :meth:`tick` (admit arrivals, decode one token for every row) whenever :meth:`has_work`; ``wake`` tells
     it that a request arrived.
+
+    Whether rows share the batch is read once, here, from the model's
+    :func:`~service.serving.cache_support.cache_support` (probed at load); a model that does not batch
+    decodes one sequence at a time, and so does one whose cache, batchable by its class, then fails to merge.
     """
 
     def __init__(self, lm: LoadedModel, *, max_batch_size: int, wake: Callable[[], None] = lambda: None) -> None:
@@ -94,8 +113,11 @@ class Batcher:
         self._pending: deque[_Job] = deque()  # appended on the loop, popped on the model thread
         self._rows: list[_Job] = []  # model thread only (read on the loop between slices)
         self._kv = KVBatch(lm.device)
-        self._capacity = max_batch_size
-        self._mergeable: bool | None = None
+        self.support = cache_support(lm.model)
+        self._mergeable = self.support.batching
+        self._serial_reason = self.support.reason or "merge_failed"
+        self._capacity = max_batch_size if self._mergeable else 1
+        MODEL_BATCHING.labels(model=lm.name).set(1 if self._mergeable else 0)
         self.closed = False
         self._last_logits = "logits_to_keep" in inspect.signature(lm.model.forward).parameters
 
@@ -114,6 +136,8 @@ class Batcher:
         """
         if self.closed:
             raise ShuttingDown("the server is shutting down")
+        if self.support.refusal is not None:
+            raise InvalidRequest(f"model {self.lm.name!r} cannot generate: {self.support.refusal}")
         loop = asyncio.get_running_loop()
         decoder = SequenceDecoder(self.lm, params, on_token)
         arrived = deadline.started if deadline is not None else time.monotonic()
@@ -196,37 +220,32 @@ class Batcher:
                 self._finish(job)
                 continue
             if job.held is not None:  # prefilled earlier; its cache could not join, so it decodes alone now
-                cache, length = job.held
-                job.held = None
-                self._join(job, cache, length)
+                row, job.held = job.held, None
+                self._join_serial(job, row)
                 continue
             budget -= len(job.prompt_ids)
             self._prefill(job)
         admitting.clear()
 
     def _forward(self, **inputs: Any) -> tuple[torch.Tensor, Any]:
-        """Next-token logits [rows, vocab] and the cache (only the last position's logits where allowed)."""
+        """Next-token logits [rows, vocab] and the whole output (only the last position's logits where allowed)."""
         if self._last_logits:
             inputs["logits_to_keep"] = 1
         out = self.lm.model(**inputs)
-        return out.logits[:, -1], out.cache
+        return out.logits[:, -1], out
 
     def _prefill(self, job: _Job) -> None:
         started = time.perf_counter()
+        mode = self.support.decode_mode
         try:
             ids = torch.tensor([job.prompt_ids], device=self.lm.device)
-            logits, cache = self._forward(input_ids=ids, use_cache=True)
+            logits, out = self._forward(**prefill_inputs(mode, ids))
         except Exception as exc:
             self._fail(job, exc)
             return
         job.prefill_s = time.perf_counter() - started
         job.decode_started = time.perf_counter()
         TOKENS.labels(model=self.lm.name, kind="prompt").inc(len(job.prompt_ids))
-        if self._mergeable is None:
-            self._mergeable = is_mergeable(cache)
-            if not self._mergeable:
-                self._capacity = 1
-                log.info("model %s: cache type %s cannot be batched; one sequence at a time", self.lm.name, cache)
         try:
             chosen = pick(logits, [job.decoder.sampler])[0]
         except Exception as exc:
@@ -234,33 +253,42 @@ class Batcher:
             return
         if self._push(job, chosen):
             return
-        self._join(job, cache, len(job.prompt_ids))
+        if self._mergeable:
+            self._join(job, out.cache, len(job.prompt_ids))
+        else:
+            self._join_serial(job, SerialRow(mode, out, job.prompt_ids, self.lm.device))
 
     def _join(self, job: _Job, cache: Any, length: int) -> None:
-        """Add a prefilled row to the batch. A cache that passed the can-be-merged check but fails to merge
-        (MiniMax's holds layers without keys) does not fail the rows running: the model falls back to one
-        sequence at a time, and this job waits, with its cache, to decode alone after them."""
-        solo = self._mergeable is False
+        """Add a prefilled row to the batch. A cache that passed the model's batching check but fails to
+        merge does not fail the rows running: the model falls back to one sequence at a time, and this job
+        waits, with its cache, to decode alone after them."""
         try:
-            self._kv.add(cache, length, solo=solo)
+            self._kv.add(cache, length)
         except Exception as exc:
-            if solo:
-                if not self._rows:
-                    self._kv.keep([])
-                self._fail(job, exc)
-                return
             log.warning(
                 "model %s: cache type %s failed to merge (%r); one sequence at a time from now on",
                 self.lm.name,
                 type(cache).__name__,
                 exc,
             )
-            self._mergeable, self._capacity = False, 1
+            self._mergeable, self._capacity, self._serial_reason = False, 1, "merge_failed"
+            MODEL_BATCHING.labels(model=self.lm.name).set(0)
             if not self._rows:
                 self._kv.keep([])  # drop whatever the failed merge left
-            job.held = (cache, length)
+            job.held = SerialRow("cache", _CacheOutput(cache), job.prompt_ids, self.lm.device)
             self._pending.appendleft(job)
             return
+        self._rows.append(job)
+
+    def _join_serial(self, job: _Job, row: SerialRow) -> None:
+        """Start decoding a row alone; it waits (first in the queue) while others still run."""
+        if self._rows:
+            job.held = row
+            self._pending.appendleft(job)
+            return
+        self._kv.keep([])
+        self._kv.add_serial(row)
+        SERIAL_DECODES.labels(model=self.lm.name, reason=self._serial_reason).inc()
         self._rows.append(job)
 
     def _push(self, job: _Job, chosen: Pick) -> bool:
@@ -288,7 +316,8 @@ class Batcher:
         if not rows:
             return
         try:
-            logits, _ = self._forward(**self._kv.step_inputs([job.decoder.last_id for job in rows]))
+            logits, out = self._forward(**self._kv.step_inputs([job.decoder.last_id for job in rows]))
+            self._kv.after_step(out)
             picks = pick(logits, [job.decoder.sampler for job in rows])  # the step's one transfer to the host
         except Exception as exc:
             # The batch shares one forward pass: on failure (out of memory, typically) every row fails and

@@ -16,8 +16,14 @@ row right-aligned at ``end``. So nothing copies the whole cache in the common ca
 Only when the window outgrows its buffers (no free slot, no column left for the next step, or a joining
 prompt longer than the columns left of ``end``) is the live window copied once into a fresh layout with
 room to spare on every side, so that copy is amortised over many steps and joins (:attr:`KVBatch.relayouts`
-counts them). Caches that are not plain full-attention dynamic caches are not merged: such a model decodes
-one row at a time with its own cache object, as transformers made it.
+counts them).
+
+Sliding-window layers (Mistral, Gemma 2/3) merge too: every row is right-aligned at ``end``, so a row's
+column distance is its token distance, and the model's sliding-window mask (applied to columns) keeps each
+row's own window; the buffers keep every column (a solo prefill longer than the window brings only its last
+``window - 1`` keys, the older columns of that layer are never attended). Caches that are not exactly these
+layers (``service/serving/cache_support.py`` decides, once per model) are not merged: such a model decodes one
+row at a time as a :class:`~service.serving.cache_support.SerialRow`, with its own cache, state or none.
 """
 
 from __future__ import annotations
@@ -26,17 +32,15 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer, DynamicSlidingWindowLayer
+
+from service.serving.cache_support import SerialRow, is_mergeable, unmergeable_reason
 
 #: Column capacity is rounded up to this many columns.
 _COLUMN_QUANTUM = 64
 
 
-def is_mergeable(cache: object) -> bool:
-    """True for plain dynamic caches (full attention, tensors we can pad and concatenate)."""
-    layers = getattr(cache, "layers", None) or []
-    return isinstance(cache, DynamicCache) and bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+__all__ = ["KVBatch", "SlotCache", "SlotLayer", "is_mergeable"]
 
 
 @dataclass
@@ -57,9 +61,14 @@ class SlotLayer(CacheLayerMixin):
 
     is_sliding = False
 
-    def __init__(self, window: _Window, key_buffer: torch.Tensor, value_buffer: torch.Tensor) -> None:
+    def __init__(
+        self, window: _Window, key_buffer: torch.Tensor, value_buffer: torch.Tensor, sliding_window: int | None = None
+    ) -> None:
         super().__init__()
         self.window = window
+        if sliding_window is not None:  # the model's mask applies the window; the buffers keep every column
+            self.is_sliding = True
+            self.sliding_window = sliding_window
         self.key_buffer = key_buffer
         self.value_buffer = value_buffer
         self.device = key_buffer.device
@@ -127,7 +136,7 @@ class KVBatch:
         self._keys: list[torch.Tensor] = []  # per layer [row slots, heads, columns, head dim]
         self._values: list[torch.Tensor] = []
         self._mask = torch.zeros((0, 0), dtype=torch.bool, device=device)  # [row slots, columns]
-        self._solo_mask: torch.Tensor | None = None  # an unmergeable cache's own mask [1, length]
+        self.serial: SerialRow | None = None  # a row decoding alone (its model's cache does not merge)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -139,8 +148,8 @@ class KVBatch:
     @property
     def mask(self) -> torch.Tensor:
         """The live attention mask [rows, columns] (True on real tokens)."""
-        if self._solo_mask is not None:
-            return self._solo_mask
+        if self.serial is not None:
+            return torch.ones((1, self.serial.length), dtype=torch.bool, device=self.device)
         w = self._window
         return self._mask[: w.rows, w.start : w.end]
 
@@ -149,20 +158,26 @@ class KVBatch:
         """The per-layer key and value buffers (for tests: their storage stays put across joins and leaves)."""
         return [*self._keys, *self._values]
 
-    def add(self, cache: Cache, length: int, *, solo: bool = False) -> None:
-        """Append a row whose (solo, unpadded) cache holds ``length`` tokens; ``solo``: keep that cache as it is
-        and decode the row alone (for a cache known not to merge although it looks mergeable).
+    def add_serial(self, row: SerialRow) -> None:
+        """Hold the one row that decodes alone (the batch must be empty)."""
+        if self.lengths:
+            raise ValueError("a row that cannot be merged decodes alone")
+        self.serial, self.cache, self.lengths = row, None, [row.length]
 
-        A failed merge leaves the rows already here as they were (nothing is counted before the copy)."""
-        if self._solo_mask is not None:
-            raise ValueError("a cache that cannot be merged decodes alone")
-        if solo or not is_mergeable(cache):
-            if self.lengths:
-                raise ValueError("a cache that cannot be merged decodes alone")
-            self.cache, self.lengths = cache, [length]
-            self._solo_mask = torch.ones((1, length), dtype=torch.bool, device=self.device)
-            return
+    def add(self, cache: Cache, length: int) -> None:
+        """Append a row whose (solo, unpadded) cache holds ``length`` tokens.
+
+        Raises ValueError for a cache that does not merge (:func:`is_mergeable`), a row decoding alone, or
+        a cache shaped unlike the batch's; a failed merge leaves the rows already here as they were (nothing
+        is counted before the copy)."""
+        if self.serial is not None:
+            raise ValueError("a row that cannot be merged decodes alone")
+        reason = unmergeable_reason(cache)
+        if reason is not None:
+            raise ValueError(f"this cache cannot be merged: {reason[1]}")
         layers = cast(list[DynamicLayer], cache.layers)
+        if self.cache is not None and len(layers) != len(self._keys):
+            raise ValueError(f"a cache of {len(layers)} layers cannot join a batch of {len(self._keys)}")
         if self.cache is None:
             self._allocate(layers, length)
         w = self._window
@@ -171,7 +186,8 @@ class KVBatch:
             self._relayout(rows=w.rows + 1, width=width)
         slot = w.rows
         for buffer, source in zip([*self._keys, *self._values], _tensors(layers), strict=True):
-            buffer[slot, :, w.end - length : w.end] = source[0]
+            held = min(source.shape[-2], length)  # a sliding layer holds at most its window's last keys
+            buffer[slot, :, w.end - held : w.end] = source[0, :, source.shape[-2] - held :]
         self._mask[slot] = False
         self._mask[slot, w.end - length : w.end] = True
         w.rows += 1
@@ -197,8 +213,8 @@ class KVBatch:
         if not rows:
             self._clear()
             return
-        if self._solo_mask is not None:
-            assert rows == [0], "a cache that cannot be merged holds one row"
+        if self.serial is not None:
+            assert rows == [0], "a row decoding alone is the only row"
             return
         moves = [(new, old) for new, old in enumerate(rows) if new != old]
         w = self._window
@@ -216,17 +232,17 @@ class KVBatch:
 
     def step_inputs(self, last_ids: list[int]) -> dict[str, object]:
         """Model kwargs for one decode step feeding each row its last token (its column is opened here)."""
+        if self.serial is not None:
+            self.lengths = [self.lengths[0] + 1]
+            return self.serial.step_inputs(last_ids[0])
         positions = torch.tensor(self.lengths, device=self.device).unsqueeze(1)
         self.lengths = [n + 1 for n in self.lengths]
-        if self._solo_mask is not None:
-            self._solo_mask = torch.ones((1, self.lengths[0]), dtype=torch.bool, device=self.device)
-        else:
-            w = self._window
-            if w.end == self._keys[0].shape[2]:
-                self._relayout(rows=w.rows, width=w.end - w.start + 1)
-            self._mask[: w.rows, w.end] = True
-            w.end += 1
-            self._refresh()
+        w = self._window
+        if w.end == self._keys[0].shape[2]:
+            self._relayout(rows=w.rows, width=w.end - w.start + 1)
+        self._mask[: w.rows, w.end] = True
+        w.end += 1
+        self._refresh()
         return {
             "input_ids": torch.tensor(last_ids, device=self.device).unsqueeze(1),
             "attention_mask": self.mask,
@@ -237,6 +253,11 @@ class KVBatch:
 
     # --- layout ---
 
+    def after_step(self, output: Any) -> None:
+        """Take the step's output where a row decoding alone needs it (a new state); merged rows need nothing."""
+        if self.serial is not None:
+            self.serial.after(output)
+
     def _allocate(self, layers: list[DynamicLayer], length: int) -> None:
         """Empty buffers shaped after the first row's cache, for one row of ``length`` tokens."""
         left, capacity = _layout(length)
@@ -244,7 +265,13 @@ class KVBatch:
         self._values = [_empty_like(v, 1, capacity) for _, v in _pairs(layers)]
         self._mask = torch.zeros((1, capacity), dtype=torch.bool, device=self.device)
         self._window = _Window(rows=0, start=left + length, end=left + length)
-        self.cache = SlotCache([SlotLayer(self._window, k, v) for k, v in zip(self._keys, self._values, strict=True)])
+        windows = [layer.sliding_window if isinstance(layer, DynamicSlidingWindowLayer) else None for layer in layers]
+        self.cache = SlotCache(
+            [
+                SlotLayer(self._window, k, v, window)
+                for k, v, window in zip(self._keys, self._values, windows, strict=True)
+            ]
+        )
 
     def _relayout(self, rows: int, width: int) -> None:
         """Copy the live window into new buffers with room for ``rows`` rows and a ``width``-column window.
@@ -274,7 +301,7 @@ class KVBatch:
             layer.refresh()
 
     def _layers(self) -> list[SlotLayer]:
-        return cast(list[SlotLayer], self.cache.layers) if self._solo_mask is None and self.cache else []
+        return cast(list[SlotLayer], self.cache.layers) if self.serial is None and self.cache else []
 
     def _clear(self) -> None:
         self.cache = None
@@ -282,7 +309,7 @@ class KVBatch:
         self._window = _Window()
         self._keys, self._values = [], []
         self._mask = torch.zeros((0, 0), dtype=torch.bool, device=self.device)
-        self._solo_mask = None
+        self.serial = None
 
 
 def _pairs(layers: list[DynamicLayer]) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from service.metrics import INFLIGHT, MODEL_INFO, QUEUE_DEPTH
+from service.metrics import INFLIGHT, MODEL_BATCHING, MODEL_INFO, QUEUE_DEPTH
 from service.models.loaded import LoadedModel
 from service.models.registry import ModelRegistry
 from service.serving.admission import Admission
+from service.serving.cache_support import cache_support
 from service.serving.deadline import Deadline
 from service.serving.drain import Drain
 from service.serving.scheduler import Scheduler
@@ -45,8 +46,8 @@ class Serving:
 
 
 def publish_model_info(registry: ModelRegistry) -> None:
-    """``glassbox_model_info`` for each loaded model (called once loading ends), and the load gauges at 0 so
-    the autoscaling series exist before the first request."""
+    """``glassbox_model_info`` and ``glassbox_model_batching`` for each loaded model (called once loading
+    ends), and the load gauges at 0 so the autoscaling series exist before the first request."""
     for slot in registry.slots:
         lm = slot.model
         if lm is not None:
@@ -54,3 +55,4 @@ def publish_model_info(registry: ModelRegistry) -> None:
             MODEL_INFO.labels(model=lm.name, revision=lm.revision, device=str(lm.device), dtype=dtype).set(1)
             QUEUE_DEPTH.labels(model=lm.name)
             INFLIGHT.labels(model=lm.name)
+            MODEL_BATCHING.labels(model=lm.name).set(1 if cache_support(lm.model).batching else 0)

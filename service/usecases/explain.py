@@ -21,6 +21,7 @@ from service.models.loaded import LoadedModel
 from service.models.registry import ModelRegistry
 from service.serving import Checkpoint, Deadline, Serving
 from service.settings import Settings
+from service.usecases import self_explanation
 from service.usecases.explain_plan import Plan, check_seconds, make_plan
 from service.usecases.explain_response import build_response, row_events
 from service.usecases.limits import (
@@ -86,7 +87,7 @@ def plan_for(
         answer=answer,
         contrast=contrast,
         options=options,
-        config=lm.model.config,
+        facts=lm.facts,
         settings=settings,
         prompt_token_text=lambda i: prompt.token_text(i, lm.tokenizer),
         pad_id=_pad_id(lm),
@@ -206,7 +207,12 @@ async def explain_answer(
     timings = dict(timings or {})
     started = time.perf_counter()
     plan = plan_for(lm, settings, prompt, answer, contrast, options)
-    check_seconds(plan.estimate_s, deadline.remaining(), what=_DEADLINE, code="deadline")
+    follow_up_s = (
+        generation_seconds(lm, len(prompt) + len(answer.ids) + 32, options.self_explanation_tokens)
+        if options.self_explanation
+        else 0.0
+    )
+    check_seconds(plan.estimate_s + follow_up_s, deadline.remaining(), what=_DEADLINE, code="deadline")
     timings["plan"] = time.perf_counter() - started
     on_rows = None
     if sink is not None:
@@ -230,8 +236,13 @@ async def explain_answer(
         ESTIMATE_ERROR.labels(model=lm.name).observe(elapsed / plan.estimate_s)
     timings["engine"] = elapsed
     timings.update({f"engine.{k}": v for k, v in result.timings.items() if k != "total"})
+    account = None
+    if options.self_explanation:
+        started = time.perf_counter()
+        account = await self_explanation.ask(serving, lm, prompt, answer, options.self_explanation_tokens, deadline)
+        timings["self_explanation"] = time.perf_counter() - started
     started = time.perf_counter()
-    response = build_response(lm, prompt, answer, contrast, options, plan, result)
+    response = build_response(lm, prompt, answer, contrast, options, plan, result, account)
     timings["present"] = time.perf_counter() - started
     response.provenance.timings_ms = {k: round(v * 1000, 2) for k, v in timings.items()}
     return response

@@ -5,11 +5,9 @@ passes, activation memory and seconds) before any model time is spent."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from transformers import PretrainedConfig
 
 from schemas.explain import ExplainOptions
 from service.engine.continuation import Answer
@@ -18,19 +16,24 @@ from service.errors import BudgetExceeded, InvalidRequest
 from service.explain import cost as costs
 from service.explain import methods as registry
 from service.explain.engine import total_units
-from service.explain.methods.attention import resolve
+from service.explain.faithfulness import FaithfulnessParams, planned_inputs
+from service.explain.methods.attention import attention_layers, resolve
 from service.explain.methods.gradient import shared_gradient_cost
 from service.explain.options import (
     AttentionParams,
+    ContextAttributionParams,
+    CounterfactualParams,
     IntegratedGradientsParams,
     LogitLensParams,
     OcclusionParams,
     RolloutParams,
     ShapleyParams,
 )
+from service.explain.stability import StabilityParams
 from service.explain.task import Chunks, Task
-from service.explain.units import SourceToken, Unit, build_units, resolve_segments
+from service.explain.units import SourceToken, Unit, build_units, resolve_segments, sentence_spans
 from service.models.calibrate import Speed
+from service.models.facts import ModelFacts
 from service.settings import Settings
 from service.usecases.explain_contrast import contrast_rows
 
@@ -70,7 +73,43 @@ def engine_options(options: ExplainOptions, name: str) -> Any:
     if name == "shapley":
         sv = options.shapley
         return ShapleyParams(sv.n_samples, sv.masking, sv.seed, sv.exact)
+    if name == "context_attribution":
+        ca = options.context_attribution
+        return ContextAttributionParams(
+            ca.mode,
+            ca.n_ablations,
+            ca.held_out,
+            ca.keep_probability,
+            ca.alpha,
+            ca.seed,
+            ca.citation_threshold,
+            ca.citation_relative,
+        )
+    if name == "counterfactual":
+        cf = options.counterfactual
+        return CounterfactualParams(cf.rank_by, cf.max_runs, cf.max_units, cf.compare_tokens)
     return None
+
+
+def answer_sentences(answer: Answer, span: tuple[int, int]) -> list[tuple[int, int]]:
+    """The answer's sentences inside the span, as answer token indices [start, end): a token belongs to the
+    sentence its first non-space character is in (whitespace-only tokens to the sentence before)."""
+    bounds = sentence_spans(answer.text)
+    owner: list[int] = []
+    for j in range(*span):
+        start, end = answer.offsets[j]
+        text = answer.text[start:end]
+        anchor = start + (len(text) - len(text.lstrip())) if text.strip() else None
+        found = next((i for i, (s, e) in enumerate(bounds) if anchor is not None and s <= anchor < e), None)
+        owner.append(found if found is not None else (owner[-1] if owner else -1))
+    out: list[tuple[int, int]] = []
+    for offset, key in enumerate(owner):
+        j = span[0] + offset
+        if out and owner[offset - 1] == key:
+            out[-1] = (out[-1][0], j + 1)
+        else:
+            out.append((j, j + 1))
+    return out
 
 
 def _time_chunks(chunks: Chunks, shape: costs.Shape, speed: Speed | None) -> Chunks:
@@ -143,7 +182,18 @@ def _source_tokens(prompt: PromptTokens, answer: Answer, options: ExplainOptions
     return tokens
 
 
-def _values(options: ExplainOptions, config: PretrainedConfig, rows: int, units: int, seq_units: int) -> int:
+def refuse_unsupported(methods: Sequence[str], facts: ModelFacts) -> None:
+    """A method the model cannot serve is a 422 naming the method and the model's reason, before anything
+    runs (never a 500 from inside the model, never a result that leaves layers out)."""
+    for name in methods:
+        reason = registry.get(name).refusal(facts)
+        if reason is not None:
+            raise InvalidRequest(
+                f"method {name!r} is not available for this model: {reason}", param="methods", code="unsupported_method"
+            )
+
+
+def _values(options: ExplainOptions, facts: ModelFacts, rows: int, units: int, seq_units: int) -> int:
     """Numbers the response will carry (for the output-size limit)."""
     total = 0
     for name in options.methods:
@@ -151,9 +201,9 @@ def _values(options: ExplainOptions, config: PretrainedConfig, rows: int, units:
         if name == "attention":
             att = options.attention
             if att.reduce_layers == "none":
-                lead *= len(resolve(att.layers, int(config.num_hidden_layers), "attention.layers"))
+                lead *= len(attention_layers(att.layers, facts, "attention.layers"))
             if att.reduce_heads == "none":
-                lead *= len(resolve(att.heads, int(config.num_attention_heads), "attention.heads"))
+                lead *= len(resolve(att.heads, facts.heads or 0, "attention.heads"))
         width = min(units, options.row_top_k) if options.row_top_k else units
         seq_width = min(seq_units, options.row_top_k) if options.row_top_k else seq_units
         if "tokens" in options.scope:
@@ -169,7 +219,7 @@ def make_plan(
     answer: Answer,
     contrast: Answer | None,
     options: ExplainOptions,
-    config: PretrainedConfig,
+    facts: ModelFacts,
     settings: Settings,
     prompt_token_text: Callable[[int], str],
     pad_id: int | None,
@@ -181,6 +231,7 @@ def make_plan(
 
     ``estimate_only``: the answer is a placeholder (costed before generating), so the contrast's rows are
     costed at their most and not checked against it."""
+    refuse_unsupported(options.methods, facts)
     length = len(prompt) + len(answer.ids)
     if length > max_context:
         raise InvalidRequest(
@@ -243,7 +294,7 @@ def make_plan(
         span_start=p + span[0],
         segments=segments,
     )
-    if not any(u.kind == "prompt" for u in units):
+    if (options.methods or options.evaluate is not None) and not any(u.kind == "prompt" for u in units):
         raise InvalidRequest(
             "nothing in the prompt to attribute to: every token is excluded (template or special tokens; "
             "see include_template and include_special) or outside the segments",
@@ -251,8 +302,11 @@ def make_plan(
         )
     sequence_units = sum(1 for u in units if max(u.positions) < p + span[0])
     methods: dict[str, Any] = {name: engine_options(options, name) for name in options.methods}
+    if "context_attribution" in methods:
+        sentences = tuple((p + a, p + b) for a, b in answer_sentences(answer, span))
+        methods["context_attribution"] = dataclasses.replace(methods["context_attribution"], sentences=sentences)
     for name in options.methods:
-        registry.get(name).validate(config, methods[name])
+        registry.get(name).validate(facts, methods[name])
     shape = costs.Shape(
         seq_len=length,
         answer_len=len(answer.ids),
@@ -265,7 +319,7 @@ def make_plan(
         tokens_scope="tokens" in options.scope,
         sequence_scope="sequence" in options.scope,
     )
-    dims = costs.ModelDims.of(config)
+    dims = costs.ModelDims.of(facts)
     eager = any(registry.get(n).needs_attention for n in options.methods)
     gradients = any(registry.get(n).needs_gradients for n in options.methods)
     total = costs.forward_cost(shape, dims, gradients=gradients, eager=eager)
@@ -273,11 +327,25 @@ def make_plan(
         total = total + shared_gradient_cost(shape, dims, eager=eager)
     for name in options.methods:
         total = total + registry.get(name).cost(shape, dims, methods[name])
+    evaluate = None
+    if options.evaluate is not None and options.evaluate.faithfulness is not None:
+        f = options.evaluate.faithfulness
+        evaluate = FaithfulnessParams(tuple(f.k), f.random, f.seed, options.aggregation)
+        total = total + costs.faithfulness_cost(shape, dims, planned_inputs(evaluate, methods, sequence_units))
+    stable = None
+    if options.evaluate is not None and options.evaluate.stability is not None:
+        st = options.evaluate.stability
+        stable = StabilityParams(
+            st.perturbations, st.kind, st.fraction, st.k, st.seed, st.regenerate, options.aggregation
+        )
+        # every method again per perturbation, and a greedy generation of the answer's length per input
+        regenerate = (st.perturbations + 1) * (p + 2 * len(answer.ids)) if st.regenerate else 0
+        total = costs.Cost(work=total.work * (1 + st.perturbations) + regenerate, memory=total.memory)
     budget = settings.explain_memory_mb * 2**20
     chunks = costs.plan_chunks(shape, dims, budget, eager=eager, ig="integrated_gradients" in options.methods)
     chunks = _time_chunks(Chunks(*(max(1, size) for size in dataclasses.astuple(chunks))), shape, speed)
     costs.check(total, costs.Limits(settings.explain_max_work, budget))
-    values = _values(options, config, len(rows), len(units), sequence_units)
+    values = _values(options, facts, len(rows), len(units), sequence_units)
     if values > settings.explain_max_values:
         raise BudgetExceeded(
             f"the response would carry {values:,} numbers, {values / settings.explain_max_values:.1f}× the limit "
@@ -300,6 +368,8 @@ def make_plan(
         pad_id=pad_id,
         methods=methods,
         chunks=chunks,
+        evaluate=evaluate,
+        stability=stable,
     )
     estimate_s = estimate_seconds(total.work, total_units(task), speed)
     limit = "the server's limit (explain_max_seconds)"

@@ -12,13 +12,16 @@ from schemas.explain import (
     ArrayData,
     Attributed,
     ContrastSize,
+    Evaluation,
     ExcludedMass,
     ExplainOptions,
     ExplainResponse,
     ExplainRowEvent,
+    FaithfulnessResult,
     MethodResult,
     Provenance,
     SourceUnit,
+    StabilityResult,
 )
 from service.engine.continuation import Answer
 from service.engine.prompt import PromptTokens
@@ -30,8 +33,10 @@ from service.explain.methods.base import MethodOutput, Sign
 from service.explain.objective import DESCRIPTIONS
 from service.models.loaded import LoadedModel
 from service.usecases import explain_present as present
+from service.usecases.citations import citations
 from service.usecases.explain_contrast import first_divergence
 from service.usecases.explain_plan import Plan
+from service.usecases.self_explanation import check as self_check
 from service.usecases.tokens import prompt_tokens
 
 
@@ -87,13 +92,32 @@ def _unit_arrays(out: MethodOutput, plan: Plan, aggregation: str) -> tuple[np.nd
 
 
 def _with_token_texts(lm: LoadedModel, params: dict[str, Any]) -> dict[str, Any]:
-    """Token ids a method reports in its params (logit lens's top-k) gain their texts: a client has no vocabulary."""
+    """Token ids a method reports in its params (logit lens's top-k, a counterfactual's answers) gain their
+    texts: a client has no vocabulary."""
+    out = dict(params)
     ids = params.get("top_k_ids")
-    if not ids:
-        return params
-    decode = lm.tokenizer.convert_ids_to_tokens
-    texts = [[[lm.tokenizer.convert_tokens_to_string([t]) for t in decode(cell)] for cell in row] for row in ids]
-    return {**params, "top_k_tokens": texts}
+    if ids:
+        decode = lm.tokenizer.convert_ids_to_tokens
+        out["top_k_tokens"] = [
+            [[lm.tokenizer.convert_tokens_to_string([t]) for t in decode(cell)] for cell in row] for row in ids
+        ]
+    for key, text in (("new_answer_ids", "new_answer"), ("reference_ids", "reference_answer")):
+        if key in params:
+            out[text] = lm.tokenizer.decode(params[key], skip_special_tokens=True)
+    return out
+
+
+def counterfactual_sentence(params: dict[str, Any], units: list[Any]) -> str:
+    """ "Without 'France', the answer is 'Berlin ...'." — or the honest "not found"."""
+    if not params.get("found"):
+        return (
+            f"No counterfactual within {params.get('runs', 0)} generations: removing up to "
+            f"{min(params.get('max_units', 0), params.get('players', 0))} top-ranked units did not change the answer."
+        )
+    names = ", ".join(f"'{units[i].text}'" for i in params["removed_units"])
+    if "new_answer" not in params:
+        return f"Without {names}, the contrast becomes more likely than the answer."
+    return f"Without {names}, the answer is '{params['new_answer'].strip()}'."
 
 
 def sign_of(method: str, contrast: bool) -> Sign:
@@ -102,6 +126,58 @@ def sign_of(method: str, contrast: bool) -> Sign:
     if contrast and sign.signed:
         return Sign(True, "positive favours the answer over the contrast, negative favours the contrast")
     return sign
+
+
+def _evaluation(figures: dict[str, Any] | None, stable: dict[str, Any] | None = None) -> Evaluation | None:
+    if figures is None and stable is None:
+        return None
+    skipped = [f["skipped"] for f in (figures, stable) if f is not None and "skipped" in f]
+    return Evaluation(
+        faithfulness=FaithfulnessResult(**figures) if figures is not None and "skipped" not in figures else None,
+        stability=StabilityResult(**stable) if stable is not None and "skipped" not in stable else None,
+        skipped="; ".join(skipped) or None,
+    )
+
+
+def _stability_sentence(evaluation: Evaluation) -> str:
+    s = evaluation.stability
+    if s is None:
+        return ""
+    changed = sum(s.answer_changed or [])
+    answer = f"; the answer changed under {changed} of {s.perturbations}" if changed else ""
+    if s.stable:
+        held = f"mean rank correlation {s.mean_rho:.2f}"
+        return f"Under {s.perturbations} small perturbations the ranking holds ({held}){answer}."
+    return (
+        f"Warning: this explanation is unstable: {s.perturbations} small perturbations of unimportant words move "
+        f"it (mean rank correlation {s.mean_rho:.2f}, top-{s.k} overlap {s.mean_top_k_overlap:.0%}){answer}."
+    )
+
+
+def _faithfulness_sentence(evaluation: Evaluation) -> str:
+    """The measured deletion effect at the k nearest 20%, next to random deletion's."""
+    f = evaluation.faithfulness
+    if f is None:
+        return ""
+    i = min(range(len(f.k)), key=lambda j: abs(f.k[j] - 0.2))
+    units = "unit" if f.removed[i] == 1 else "units"
+    sentence = (
+        f"Deleting its top {f.k[i]:.0%} ({f.removed[i]} {units}) changes the answer's log-probability by "
+        f"{-f.comprehensiveness[i]:+.3g} nats"
+    )
+    if f.random_comprehensiveness:
+        sentence += f", deleting as many random units by {-f.random_comprehensiveness[i]:+.3g}"
+    return sentence + "."
+
+
+def _no_vector_summary(options: ExplainOptions, logprobs: list[float]) -> str:
+    if options.methods:
+        return "No single-vector method ran; see the arrays."
+    total = sum(logprobs)
+    return (
+        f"Scored only (no attribution method): the answer's log-probability is {total:.4g} over "
+        f"{len(logprobs)} tokens ({total / len(logprobs):.4g} per token), from one forward pass."
+    )
 
 
 def _contrast_token_logprobs(contrast: Answer, plan: Plan, result: engine.EngineResult) -> list[float | None]:
@@ -166,7 +242,9 @@ def build_response(
     options: ExplainOptions,
     plan: Plan,
     result: engine.EngineResult,
+    account: str | None = None,
 ) -> ExplainResponse:
+    """``account``: the model's self-explanation, checked here against the summary's method."""
     encode = encoding_options(options)
     methods: dict[str, MethodResult] = {}
     summary_vectors: dict[str, np.ndarray] = {}
@@ -191,6 +269,7 @@ def build_response(
                 sequence=None if mass.sequence is None else round(mass.sequence, 4),
                 excluded=mass.what,
             ),
+            evaluation=_evaluation(result.evaluations.get(name), result.stability.get(name)),
         )
         if not lead:
             if sequence is not None:
@@ -226,8 +305,13 @@ def build_response(
             params=result.outputs[chosen].params,
         )
         if chosen is not None
-        else "No single-vector method ran; see the arrays."
+        else _no_vector_summary(options, result.answer_logprobs)
     )
+    if "counterfactual" in methods:
+        text = f"{text} {counterfactual_sentence(methods['counterfactual'].params, plan.units)}"
+    if chosen is not None and (evaluation := methods[chosen].evaluation) is not None:
+        text = f"{text} {_faithfulness_sentence(evaluation)}".rstrip()
+        text = f"{text} {_stability_sentence(evaluation)}".rstrip()
     target_tokens = [
         Token(
             id=answer.ids[j],
@@ -252,6 +336,7 @@ def build_response(
         prompt_text=prompt.text,
         prompt_tokens=prompt_tokens(lm, prompt),
         target_tokens=target_tokens,
+        answer_logprob=float(sum(result.answer_logprobs)),
         rows=plan.rows,
         span=list(plan.span),
         sources=[
@@ -279,6 +364,16 @@ def build_response(
         ),
         methods=methods,
         summary=text,
+        self_explanation=(
+            self_check(account, plan.units[: plan.sequence_units], summary_vectors[chosen], chosen)
+            if account is not None and chosen is not None
+            else None
+        ),
+        citations=(
+            citations(answer, plan.units, len(prompt), result.outputs["context_attribution"].params)
+            if "context_attribution" in result.outputs
+            else None
+        ),
         provenance=Provenance(
             model=ModelRef(id=lm.name, revision=lm.revision),
             dtype=str(lm.dtype).removeprefix("torch."),

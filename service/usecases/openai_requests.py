@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 
 from schemas.common import ChatMessage
-from schemas.explain import ExplainOptions, Segment
 from schemas.generate import GenerateRequest
-from schemas.openai import ChatCompletionRequest, CompletionRequest, Document, _Common
+from schemas.openai import ChatCompletionRequest, CompletionRequest, _Common
 from service.errors import InvalidRequest
+from service.usecases.documents import place_documents
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +21,6 @@ DEFAULT_COMPLETION_TOKENS = 16
 DEFAULT_CHAT_TOKENS = 256
 #: OpenAI's default temperature when the request gives none.
 DEFAULT_TEMPERATURE = 1.0
-
-#: `documents` become one system message, first in the chat: this header, then `[i] title` and the text.
-DOCUMENTS_HEADER = "Use these documents to answer."
 
 
 def log_unknown_fields(route: str, req: _Common) -> None:
@@ -61,25 +58,6 @@ def _sampling(req: _Common, default_tokens: int, seed_offset: int) -> dict[str, 
     }
 
 
-def documents_message(documents: list[Document]) -> tuple[str, list[tuple[str, int, int]]]:
-    """The system message the documents become, and each text's label and character span in it."""
-    text = DOCUMENTS_HEADER
-    spans = []
-    for i, doc in enumerate(documents, start=1):
-        text += f"\n\n[{i}] {doc.title}\n" if doc.title else f"\n\n[{i}]\n"
-        spans.append((doc.title or f"document {i}", len(text), len(text) + len(doc.text)))
-        text += doc.text
-    return text, spans
-
-
-def _with_document_segments(options: ExplainOptions, spans: list[tuple[str, int, int]]) -> ExplainOptions:
-    """Documents are the natural units of an explanation, unless the client chose its own."""
-    if options.segments is not None or "granularity" in options.model_fields_set:
-        return options
-    segments = [Segment(label=label, start=start, end=end, message=0) for label, start, end in spans]
-    return options.model_copy(update={"granularity": "segments", "segments": segments})
-
-
 def chat_to_native(req: ChatCompletionRequest, *, seed_offset: int = 0) -> GenerateRequest:
     _refuse_unsupported(req)
     if req.chat_template_kwargs:
@@ -89,21 +67,18 @@ def chat_to_native(req: ChatCompletionRequest, *, seed_offset: int = 0) -> Gener
     if req.response_format and req.response_format.get("type", "text") != "text":
         raise InvalidRequest('only `response_format: {"type": "text"}` is supported', param="response_format")
     messages = [ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text()) for m in req.messages]
-    explain = req.explain
-    if req.documents:
-        text, spans = documents_message(req.documents)
-        messages.insert(0, ChatMessage(role="system", content=text))
-        explain = _with_document_segments(explain, spans) if explain is not None else None
     tokens = req.max_completion_tokens or req.max_tokens or DEFAULT_CHAT_TOKENS
-    return GenerateRequest.model_validate(
+    native = GenerateRequest.model_validate(
         {
             **_sampling(req, tokens, seed_offset),
             "messages": messages,
             "logprobs": req.logprobs,
             "top_logprobs": (req.top_logprobs or 0) if req.logprobs else 0,
-            "explain": explain,
+            "explain": req.explain,
+            "documents": [{"title": d.title, "text": d.text} for d in req.documents] if req.documents else None,
         }
     )
+    return place_documents(native)
 
 
 def completion_prompts(req: CompletionRequest) -> list[str]:

@@ -19,6 +19,8 @@ CHAT = [{"role": "user", "content": "What is the capital of France? The Eiffel T
 ALL = list(METHOD_NAMES)
 #: Methods that score layers, not sources: no `tokens` or `sequence` arrays.
 LAYER_METHODS = {"logit_lens"}
+#: Methods with one vector for the whole answer only (a counterfactual's ranking of the units).
+SEQUENCE_ONLY = {"counterfactual"}
 
 
 def _post(client, **body):
@@ -34,6 +36,10 @@ def test_explain_target_returns_every_method_with_named_dims(client):
     assert all(t["logprob"] < 0 for t in body["target_tokens"])
     for name in set(ALL) - LAYER_METHODS:
         result = body["methods"][name]
+        assert result["sequence"]["shape"] == [body["sequence_sources"]]
+        if name in SEQUENCE_ONLY:
+            assert "tokens" not in result
+            continue
         assert result["tokens"]["dims"] == ["target", "source"]
         assert result["tokens"]["shape"] == [n_rows, len(body["sources"])]
         assert result["sequence"]["shape"] == [body["sequence_sources"]]
@@ -139,7 +145,6 @@ def test_default_response_for_500_prompt_tokens_and_64_answer_tokens_is_well_und
     [
         ({"methods": ["shap"]}, "methods.0"),
         ({"methods": ["saliency", "saliency"]}, None),
-        ({"methods": []}, "methods"),
         ({"scope": ["everything"]}, "scope.0"),
         ({"function": "entropy"}, "function"),
         ({"granularity": "segments"}, None),

@@ -10,6 +10,7 @@ from service.errors import InvalidRequest
 from service.explain.engine import explain
 from service.explain.methods import attention
 from service.explain.options import AttentionParams, RolloutParams
+from service.models.facts import facts_of
 from tests.explain.conftest import make_task
 
 
@@ -65,10 +66,10 @@ def test_attention_sequence_is_the_mean_of_the_span_rows(model, ids):
 
 def test_attention_layer_out_of_range_is_refused(model):
     with pytest.raises(InvalidRequest) as err:
-        attention.Attention().validate(model.config, AttentionParams(layers=[3]))
+        attention.Attention().validate(facts_of(model), AttentionParams(layers=[3]))
     assert err.value.param == "attention.layers"
     with pytest.raises(InvalidRequest):
-        attention.Attention().validate(model.config, AttentionParams(heads=[0, -4, 0]))
+        attention.Attention().validate(facts_of(model), AttentionParams(heads=[0, -4, 0]))
 
 
 def _rollout_by_hand(att: np.ndarray, residual: float) -> np.ndarray:

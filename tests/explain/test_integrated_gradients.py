@@ -18,10 +18,11 @@ def _ig(n_steps: int = 8, rule: str = "gausslegendre", baseline: str = "zero") -
 
 
 def _baseline(model, ids, kind: str, pad_id: int) -> torch.Tensor:
-    weight = model.get_input_embeddings().weight
-    vector = {"zero": torch.zeros(weight.shape[1], dtype=weight.dtype), "mean": weight.mean(0), "pad": weight[pad_id]}[
-        kind
-    ]
+    """The baseline at the embedding module's output (what the model sees), broadcast over positions."""
+    module = model.get_input_embeddings()
+    with torch.no_grad():
+        every = module(torch.arange(module.weight.shape[0]))
+    vector = {"zero": torch.zeros_like(every[0]), "mean": every.mean(0), "pad": every[pad_id]}[kind]
     return vector.expand(1, len(ids), -1)
 
 
@@ -34,8 +35,12 @@ def test_ig_rows_match_captum(model, ids, rule, baseline):
     out = explain(model, task).outputs["integrated_gradients"]
     x = oracle.embeds(model, ids)
     base = _baseline(model, ids, baseline, 7)
+    # Captum's trapezoid weights its n nodes (spaced 1/(n−1)) by 1/n, so they sum to (n−1)/n: a known bug
+    # that leaves its scores 1/n short of completeness. Ours are the true trapezoid's (spacing 1/(n−1), sum
+    # 1) at the same nodes, i.e. Captum's scaled by n/(n−1); the other rules agree as they are.
+    scale = 6 / 5 if rule == "riemann_trapezoid" else 1.0
     for i, t in enumerate(task.rows):
-        reference = oracle.integrated_gradients(oracle.token_fn(model, ids, t), x, base, 6, rule)
+        reference = oracle.integrated_gradients(oracle.token_fn(model, ids, t), x, base, 6, rule) * scale
         np.testing.assert_allclose(out.tokens[i], reference.numpy(), rtol=1e-5, atol=1e-7)
 
 
@@ -112,3 +117,112 @@ def test_ig_contrast_is_the_difference_of_single_attributions(model, ids):
     np.testing.assert_allclose(
         contrast_seq["integrated_gradients"].sequence, target_seq - other_seq, rtol=1e-5, atol=1e-9
     )
+
+
+SEGMENTS = ((1, 2, 3), (5, 6))  # prompt positions; everything else stays at its real embedding
+
+
+@pytest.mark.parametrize("rule", ["gausslegendre", "riemann_trapezoid", "riemann_middle"])
+@pytest.mark.parametrize("baseline", ["pad", "mean"])
+def test_ig_segment_scores_complete_towards_only_the_segments_at_baseline(model, ids, rule, baseline):
+    """Brute force: f(x) − f(x with only the segments' positions at the baseline), evaluated directly;
+    positions outside the segments score exactly 0 (they never move). Not the `zero` baseline: there
+    RMSNorm jumps within ~1e-4 of the path's start, where no rule of 32 steps has a node (see
+    test_convergence_warns_on_the_zero_baseline); its scores are checked against Captum below."""
+    task = make_task(ids, _ig(32, rule, baseline), units=SEGMENTS, pad_id=7)
+    out = explain(model, task).outputs["integrated_gradients"]
+    x = oracle.embeds(model, ids)
+    moved = [p for seg in SEGMENTS for p in seg]
+    base = x.clone()
+    base[:, moved] = _baseline(model, ids, baseline, 7)[:, moved]
+    others = [p for p in range(len(ids)) if p not in moved]
+    for i, t in enumerate(task.rows):
+        fn = oracle.token_fn(model, ids, t)
+        expected = oracle.value(fn, x) - oracle.value(fn, base)
+        segment_scores = [out.tokens[i][list(seg)].sum() for seg in SEGMENTS]
+        assert abs(sum(segment_scores) - expected) <= 0.01 * abs(expected)
+        assert not out.tokens[i][others].any()
+    fn = oracle.span_fn(model, ids, task.span)
+    expected = oracle.value(fn, x) - oracle.value(fn, base)
+    assert abs(out.sequence.sum() - expected) <= 0.01 * abs(expected)
+    assert not out.sequence[[p for p in others if p < task.sequence_sources]].any()
+
+
+@pytest.mark.parametrize("baseline", ["zero", "pad"])
+def test_ig_segments_match_captum_with_the_rest_fixed(model, ids, baseline):
+    task = make_task(ids, _ig(6, "gausslegendre", baseline), units=SEGMENTS, pad_id=7)
+    out = explain(model, task).outputs["integrated_gradients"]
+    x = oracle.embeds(model, ids)
+    moved = [p for seg in SEGMENTS for p in seg]
+    base = x.clone()
+    base[:, moved] = _baseline(model, ids, baseline, 7)[:, moved]
+    t = task.rows[-1]
+    reference = oracle.integrated_gradients(oracle.token_fn(model, ids, t), x, base, 6, "gausslegendre")
+    np.testing.assert_allclose(out.tokens[-1], reference.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_convergence_reports_completeness_per_row_and_span(model, ids):
+    """f(input) and f(baseline) equal direct evaluations of the model, `sum` the scores' sum, and `gap`
+    the relative completeness gap; converged here (pad baseline, 32 steps), so no warning."""
+    task = make_task(ids, _ig(32, baseline="pad"), pad_id=7)
+    out = explain(model, task).outputs["integrated_gradients"]
+    report = out.params["convergence"]
+    assert set(report) == {"rows", "sequence", "max_gap", "warning", "threshold"} and report["threshold"] == 0.05
+    x = oracle.embeds(model, ids)
+    pad = _baseline(model, ids, "pad", 7)
+    checks = []
+    for i, t in enumerate(task.rows):
+        fn = oracle.token_fn(model, ids, t)
+        checks.append((report["rows"][i], oracle.value(fn, x), oracle.value(fn, pad), out.tokens[i].sum()))
+    span_base = x.clone()
+    span_base[:, :9] = pad[:, :9]
+    fn = oracle.span_fn(model, ids, task.span)
+    checks.append((report["sequence"], oracle.value(fn, x), oracle.value(fn, span_base), out.sequence.sum()))
+    assert len(report["rows"]) == len(task.rows)
+    for row, f_input, f_baseline, total in checks:
+        assert row["f_input"] == pytest.approx(f_input, rel=1e-9)
+        assert row["f_baseline"] == pytest.approx(f_baseline, rel=1e-9)
+        assert row["sum"] == pytest.approx(total, rel=1e-6)
+        change = f_input - f_baseline
+        assert row["gap"] == pytest.approx(abs(total - change) / max(abs(change), 1e-3), rel=1e-4, abs=1e-7)
+    assert report["max_gap"] == max(c[0]["gap"] for c in checks) and report["max_gap"] < 0.05
+    assert report["warning"] is False
+
+
+def test_convergence_warns_on_the_zero_baseline(model, ids):
+    """The all-zero baseline puts RMSNorm's jump at the path's start, where 8 Gauss–Legendre nodes never
+    look: scores miss most of f(x) − f(0), and the report says so."""
+    task = make_task(ids, _ig(8, baseline="zero"))
+    report = explain(model, task).outputs["integrated_gradients"].params["convergence"]
+    assert report["max_gap"] > 0.05 and report["warning"] is True
+    x = oracle.embeds(model, ids)
+    t = task.rows[0]
+    fn = oracle.token_fn(model, ids, t)
+    assert report["rows"][0]["f_baseline"] == pytest.approx(oracle.value(fn, torch.zeros_like(x)), rel=1e-9)
+
+
+def test_convergence_reaches_the_explain_json(client):
+    """Through /explain on the tiny served model: the report is in the method's params, one entry per row,
+    each `sum` the sum of that row's scores in the response."""
+    body = {
+        "prompt": "The capital of France is",
+        "target": " Paris, a city.",
+        "methods": ["integrated_gradients"],
+        "integrated_gradients": {"n_steps": 8, "baseline": "pad"},
+        "precision": None,
+    }
+    r = client.post("/explain", json=body)
+    assert r.status_code == 200, r.text
+    result = r.json()["methods"]["integrated_gradients"]
+    report = result["params"]["convergence"]
+    assert set(report) == {"rows", "sequence", "max_gap", "warning", "threshold"}
+    assert isinstance(report["warning"], bool) and report["threshold"] == 0.05
+    scores = np.array(result["tokens"]["data"])
+    assert len(report["rows"]) == len(r.json()["rows"]) == scores.shape[0]
+    for row, values in zip(report["rows"], scores, strict=True):
+        assert set(row) == {"f_input", "f_baseline", "sum", "gap"}
+        assert row["sum"] == pytest.approx(values.sum(), rel=1e-4, abs=1e-6)
+    assert report["sequence"]["sum"] == pytest.approx(np.sum(result["sequence"]["data"]), rel=1e-4, abs=1e-6)
+    gaps = [row["gap"] for row in report["rows"]] + [report["sequence"]["gap"]]
+    assert report["max_gap"] == pytest.approx(max(gaps))
+    assert report["warning"] == (report["max_gap"] > 0.05)

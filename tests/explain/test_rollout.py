@@ -11,6 +11,7 @@ from service.explain.cost import ModelDims, Shape
 from service.explain.engine import explain
 from service.explain.methods.rollout import AttentionRollout, rollout, rollout_rows
 from service.explain.options import RolloutParams
+from service.models.facts import facts_of
 from tests.explain.conftest import make_task
 
 
@@ -66,7 +67,7 @@ def test_rollout_through_chosen_layers(model, ids):
 
 def test_rollout_layer_out_of_range_is_refused(model):
     with pytest.raises(InvalidRequest) as err:
-        AttentionRollout().validate(model.config, RolloutParams(layers=(3,)))
+        AttentionRollout().validate(facts_of(model), RolloutParams(layers=(3,)))
     assert err.value.param == "attention_rollout.layers"
 
 

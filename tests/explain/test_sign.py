@@ -9,7 +9,7 @@ from service.explain import methods
 from service.explain.methods.base import Sign
 
 CHAT = [{"role": "user", "content": "What is the capital of France? The Eiffel Tower is in Paris."}]
-SIGNED = {"input_x_gradient", "integrated_gradients", "occlusion", "shapley"}
+SIGNED = {"input_x_gradient", "integrated_gradients", "occlusion", "shapley", "context_attribution", "counterfactual"}
 
 
 @pytest.mark.parametrize("name", methods.names())

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from prometheus_client import REGISTRY
 
 from service.engine.generation import GeneratedToken, GenerationOutput
 from service.engine.prompt import build_prompt
@@ -16,6 +17,7 @@ from service.engine.sampling import SamplingParams
 from service.errors import OutOfMemory
 from service.models.loaded import LoadedModel
 from service.serving.batcher import Batcher
+from service.serving.cache_support import CacheSupport
 from service.serving.deadline import Deadline
 from service.serving.scheduler import Scheduler
 from tests.serving.conftest import oom_when, patched_forward
@@ -255,7 +257,10 @@ def test_batcher_oom_in_a_decode_step_fails_that_batch_and_recovers(tiny_lm: Loa
 
 
 def test_batcher_runs_unbatchable_caches_one_at_a_time(tiny_lm: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("service.serving.batcher.is_mergeable", lambda cache: False)
+    """A model whose cache does not batch (decided once, when the batcher is built) decodes one at a time."""
+    serial = CacheSupport("cache", False, "cache_class", "a cache class the batch does not know")
+    monkeypatch.setattr("service.serving.batcher.cache_support", lambda model: serial)
+    before = REGISTRY.get_sample_value("glassbox_serial_decodes_total", {"model": "tiny", "reason": "cache_class"})
 
     async def scenario() -> tuple[list[GenerationOutput], list[int]]:
         scheduler = Scheduler(tiny_lm, max_batch_size=8)
@@ -267,8 +272,13 @@ def test_batcher_runs_unbatchable_caches_one_at_a_time(tiny_lm: LoadedModel, mon
 
     outs, sizes = run(scenario)
     assert sizes and max(sizes) == 1
+    after = REGISTRY.get_sample_value("glassbox_serial_decodes_total", {"model": "tiny", "reason": "cache_class"})
+    assert (after or 0) - (before or 0) == 3
+    assert REGISTRY.get_sample_value("glassbox_model_batching", {"model": "tiny"}) == 0
+    monkeypatch.undo()
     for text, out in zip(PROMPTS, outs, strict=False):
         assert out.ids == generate(tiny_lm, build_prompt(tiny_lm.tokenizer, prompt=text), PARAMS[0]).ids
+    assert REGISTRY.get_sample_value("glassbox_model_batching", {"model": "tiny"}) == 1
 
 
 def test_batcher_close_fails_waiting_requests_with_503(tiny_lm: LoadedModel) -> None:

@@ -9,7 +9,7 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
@@ -22,6 +22,7 @@ from service.api.json_body import OrjsonResponse
 from service.engine.prompt import build_prompt
 from service.engine.sampling import Pick, SamplingParams, choose, pick
 from service.models.loaded import LoadedModel
+from service.serving.cache_support import SerialRow
 from service.serving.kv_batch import KVBatch
 from service.serving.scheduler import Scheduler
 from tests.serving.conftest import patched_forward
@@ -289,23 +290,27 @@ def test_kv_batch_relayouts_are_amortised_over_many_steps(tiny_lm: LoadedModel) 
         assert batch.relayouts - start <= 8 and batch.columns == 420
 
 
-def test_kv_batch_holds_an_unmergeable_cache_as_it_is(tiny_lm: LoadedModel) -> None:
+def test_kv_batch_refuses_an_unmergeable_cache_and_holds_a_serial_row_as_it_is(tiny_lm: LoadedModel) -> None:
     class OtherLayer(DynamicLayer):
-        """Any layer kind but the plain dynamic one (sliding window, linear attention, ...)."""
+        """Any layer kind but the plain dynamic and sliding-window ones (linear attention, ...)."""
 
     with torch.inference_mode():
         batch = KVBatch(tiny_lm.device)
-        cache = tiny_lm.model(input_ids=torch.tensor([[5, 6, 7]]), use_cache=True).cache
-        for layer in cache.layers:
+        out = tiny_lm.model(input_ids=torch.tensor([[5, 6, 7]]), use_cache=True)
+        for layer in out.cache.layers:
             layer.__class__ = OtherLayer
-        batch.add(cache, 3)
-        assert batch.cache is cache and batch.columns == 3
+        with pytest.raises(ValueError, match="OtherLayer"):
+            batch.add(out.cache, 3)
+        assert len(batch) == 0
+        batch.add_serial(SerialRow("cache", out, [5, 6, 7], tiny_lm.device))
+        assert batch.cache is None and batch.columns == 3
         inputs = batch.step_inputs([8])
-        assert inputs["cache"] is cache and batch.columns == 4
+        assert inputs["cache"] is out.cache and batch.columns == 4
+        assert cast(torch.Tensor, inputs["input_ids"]).tolist() == [[8]]
         with pytest.raises(ValueError, match="alone"):
             batch.add(prefill(tiny_lm, [5, 6, 7])[0], 3)
         batch.keep([])
-        assert batch.cache is None and len(batch) == 0
+        assert batch.serial is None and len(batch) == 0
 
 
 # --- response bodies ---

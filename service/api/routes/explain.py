@@ -12,6 +12,7 @@ from service.api.context import Ctx
 from service.api.errors import ERROR_RESPONSES
 from service.api.json_body import OrjsonResponse
 from service.api.sse import SSE_DOC, event_doc, stream_response
+from service.usecases.documents import place_documents
 from service.usecases.explain_cached import explain_cached
 from service.usecases.explain_stream import open_explain_stream
 
@@ -38,6 +39,7 @@ _STREAM_DOC = SSE_DOC(
 )
 async def explain(req: ExplainRequest, ctx: Ctx) -> Any:
     """Which input tokens drove each answer token, and the answer as a whole, by the requested methods."""
+    req = place_documents(req)
     if req.stream:
         stream = await open_explain_stream(
             ctx.registry,

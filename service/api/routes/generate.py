@@ -13,6 +13,7 @@ from service.api.errors import ERROR_RESPONSES
 from service.api.json_body import OrjsonResponse
 from service.api.sse import SSE_DOC, event_doc, stream_response
 from service.usecases.caching import cached, key_for
+from service.usecases.documents import place_documents
 from service.usecases.generate import generate_once
 from service.usecases.generate_stream import open_stream
 
@@ -42,6 +43,7 @@ _STREAM_DOC = SSE_DOC(
 )
 async def generate(req: GenerateRequest, ctx: Ctx) -> Any:
     """Generate text with per-token ids, offsets, logprobs and alternatives."""
+    req = place_documents(req)
     if req.stream:
         stream = await open_stream(ctx.registry, ctx.settings, req, serving=ctx.serving, deadline=ctx.deadline)
         return stream_response(stream, headers={"X-Cache": "bypass"})

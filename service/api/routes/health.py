@@ -15,6 +15,7 @@ from service.api.errors import ERROR_RESPONSES
 from service.errors import ModelNotReady, ShuttingDown
 from service.models.registry import ModelRegistry
 from service.serving import Serving
+from service.usecases.model_info import model_info
 
 router = APIRouter()
 
@@ -51,30 +52,13 @@ async def readyz(
 
 @router.get("/models", response_model=list[ModelInfo], tags=["models"], responses={401: ERROR_RESPONSES[401]})
 async def models(registry: Annotated[ModelRegistry, Depends(get_registry)]) -> list[ModelInfo]:
-    """Configured models, with their config and whether each is ready."""
-    infos = []
-    for slot in registry.slots:
-        lm = slot.model
-        if lm is None:
-            continue
-        config = lm.model.config
-        infos.append(
-            ModelInfo(
-                id=lm.name,
-                source=lm.source,
-                revision=lm.revision,
-                device=str(lm.device),
-                dtype=str(lm.dtype).removeprefix("torch."),
-                max_context=lm.max_context,
-                vocab_size=int(config.vocab_size),
-                num_layers=int(config.num_hidden_layers),
-                num_heads=int(config.num_attention_heads),
-                chat_template=lm.has_chat_template,
-                ready=True,
-                default=slot.name == registry.default_name,
-            )
-        )
-    return infos
+    """Loaded models: their config, architecture facts, and which methods, generation and batching each
+    supports (with the reason when not)."""
+    return [
+        model_info(slot.model, default=slot.name == registry.default_name)
+        for slot in registry.slots
+        if slot.model is not None
+    ]
 
 
 @router.get("/metrics", tags=["probes"], response_class=Response)

@@ -3,6 +3,8 @@
 from service.explain.methods import (
     attention,
     attention_gradient,
+    context_attribution,
+    counterfactual,
     gradient,
     integrated_gradients,
     logit_lens,
@@ -17,6 +19,8 @@ __all__ = [
     "MethodOutput",
     "attention",
     "attention_gradient",
+    "context_attribution",
+    "counterfactual",
     "get",
     "gradient",
     "integrated_gradients",

@@ -6,13 +6,13 @@ import dataclasses
 from typing import Any
 
 import torch
-from transformers import PretrainedConfig
 
 from service.errors import InvalidRequest
 from service.explain.context import Context
 from service.explain.cost import Cost, ModelDims, Shape
 from service.explain.methods.base import SIGN_MAGNITUDE, Method, MethodOutput, register
 from service.explain.options import AttentionParams
+from service.models.facts import ModelFacts, facts_of
 
 
 def resolve(indices: list[int] | tuple[int, ...] | None, count: int, param: str) -> list[int]:
@@ -25,6 +25,31 @@ def resolve(indices: list[int] | tuple[int, ...] | None, count: int, param: str)
         out.append(i % count)
     if len(set(out)) != len(out):
         raise InvalidRequest(f"{param}: an index is repeated", param=param)
+    return out
+
+
+def attention_layers(indices: list[int] | tuple[int, ...] | None, facts: ModelFacts, param: str) -> list[int]:
+    """Decoder-layer indices (negative from the end) that have attention weights; all of them by default."""
+    captured = list(facts.attention_layers)
+    if indices is None:
+        return captured
+    layers = resolve(indices, facts.layers, param)
+    missing = [i for i in layers if i not in captured]
+    if missing:
+        kinds = ", ".join(f"{i} is {facts.layer_kinds[i]}" for i in missing)
+        raise InvalidRequest(
+            f"{param}: {facts.model_type} has no attention weights at layer {kinds}; its attention layers "
+            f"are {captured}",
+            param=param,
+        )
+    return layers
+
+
+def layer_params(facts: ModelFacts, layers: list[int]) -> dict[str, Any]:
+    """What the response covers: the decoder-layer indices, and the layers left out with their kind."""
+    out: dict[str, Any] = {"layers": layers}
+    if facts.other_layers:
+        out["layers_without_attention"] = [{"layer": i, "kind": facts.layer_kinds[i]} for i in facts.other_layers]
     return out
 
 
@@ -42,7 +67,7 @@ class AttentionMethod(Method):
     needs_attention = True
 
     def cost(self, shape: Shape, dims: ModelDims, options: Any) -> Cost:
-        weights = dims.layers * dims.heads * shape.seq_len * shape.seq_len * 4
+        weights = dims.attention_bytes(shape.seq_len)
         return Cost(work=0, memory=dims.graph_bytes(1, shape.seq_len, shape.answer_len, True) + weights)
 
 
@@ -51,27 +76,30 @@ class Attention(AttentionMethod):
     name = "attention"
     sign = SIGN_MAGNITUDE
 
-    def validate(self, config: PretrainedConfig, options: Any) -> None:
+    def validate(self, facts: ModelFacts, options: Any) -> None:
         opts: AttentionParams = options
-        resolve(opts.layers, int(config.num_hidden_layers), "attention.layers")
-        resolve(opts.heads, int(config.num_attention_heads), "attention.heads")
+        attention_layers(opts.layers, facts, "attention.layers")
+        resolve(opts.heads, facts.heads or 0, "attention.heads")
 
     def run(self, ctx: Context, options: Any) -> MethodOutput:
         opts: AttentionParams = options
+        facts = facts_of(ctx.model)
         atts = ctx.forward.attentions
         assert atts is not None
-        layers = resolve(opts.layers, len(atts), "attention.layers")
-        heads = resolve(opts.heads, atts[0].shape[1], "attention.heads")
+        layers = attention_layers(opts.layers, facts, "attention.layers")
+        chosen = [a for a in (atts[i] for i in layers) if a is not None]
+        assert len(chosen) == len(layers), "validated against the captured layers before the model ran"
+        heads = resolve(opts.heads, chosen[0].shape[1], "attention.heads")
         task = ctx.task
         queries = [r - 1 for r in task.rows]
         start, end = task.span
         tokens = sequence = None
         with torch.no_grad():
             if "tokens" in task.scopes:
-                tokens = torch.stack([atts[i][0][heads][:, queries].float() for i in layers])  # [L, H, R, T]
+                tokens = torch.stack([a[0][heads][:, queries].float() for a in chosen])  # [L, H, R, T]
                 tokens = _reduce(_reduce(tokens, 1, opts.reduce_heads), 0, opts.reduce_layers)
             if "sequence" in task.scopes:
-                rows = [atts[i][0][heads][:, start - 1 : end - 1, :start].float().mean(1) for i in layers]
+                rows = [a[0][heads][:, start - 1 : end - 1, :start].float().mean(1) for a in chosen]
                 sequence = _reduce(_reduce(torch.stack(rows), 1, opts.reduce_heads), 0, opts.reduce_layers)
         lead = (("layer",) if opts.reduce_layers == "none" else ()) + (("head",) if opts.reduce_heads == "none" else ())
         return MethodOutput(
@@ -80,7 +108,7 @@ class Attention(AttentionMethod):
             lead_dims=lead,
             params={
                 **dataclasses.asdict(opts),
-                "layers": layers,
+                **layer_params(facts, layers),
                 "heads": heads,
                 "sequence": "mean over the span's rows",
             },

@@ -61,7 +61,7 @@ def _attended(ctx: Context, ids: tuple[int, ...], positions: list[int]) -> tuple
     leaf = fw.embed(ctx.model, ids).unsqueeze(0).requires_grad_(True)  # so that A carries gradients
     out = fw.run(ctx.model, leaf, fw.predicting(positions, ctx.device), attentions=True)
     assert out.attentions is not None
-    return out.logits, list(out.attentions)
+    return out.logits, [a for a in out.attentions if a is not None]  # every layer: refused on hybrids
 
 
 def tokens_relevance(ctx: Context) -> torch.Tensor:
@@ -116,10 +116,11 @@ class AttentionGradient(Method):
     name = "attention_gradient"
     sign = SIGN_RELEVANCE
     needs_attention = True
+    needs_attention_at_every_layer = True  # refused on hybrids (Method.refusal)
 
     def cost(self, shape: Shape, dims: ModelDims, options: Any) -> Cost:
         work = 0
-        weights = dims.layers * dims.heads * shape.seq_len * shape.seq_len * 4
+        weights = dims.attention_bytes(shape.seq_len)
         if shape.tokens_scope:
             work += shape.seq_len * (1 + shape.rows)
         if shape.sequence_scope:

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
-from transformers import PretrainedConfig
 
 from service.errors import InvalidRequest
 from service.explain.context import Context
 from service.explain.cost import Cost, ModelDims, Shape
 from service.explain.task import Task
+from service.models.facts import ModelFacts
 
 
 @dataclass
@@ -52,8 +52,26 @@ class Method(ABC):
     needs_attention: ClassVar[bool] = False
     #: Needs gradients of the shared forward (saliency and input × gradient share them).
     needs_gradients: ClassVar[bool] = False
+    #: Combines attention through every layer (rollout, gradient-weighted attention): on a hybrid, whose
+    #: other layers mix tokens without attention weights, the result would silently leave them out.
+    needs_attention_at_every_layer: ClassVar[bool] = False
 
-    def validate(self, config: PretrainedConfig, options: Any) -> None:  # noqa: B027 (an optional hook)
+    def refusal(self, facts: ModelFacts) -> str | None:
+        """Why this method cannot run on the model described by ``facts`` (None: it can). The planner turns
+        it into a 422 before any model time is spent; ``/models`` lists it."""
+        if (self.needs_attention or self.needs_attention_at_every_layer) and facts.attention is None:
+            return f"{facts.attention_reason}: {self.name} is not available"
+        if self.needs_attention_at_every_layer and facts.hybrid:
+            others = ", ".join(f"{i} ({facts.layer_kinds[i]})" for i in facts.other_layers)
+            return (
+                f"{facts.model_type} has attention weights only at layers {list(facts.attention_layers)}; layers "
+                f"{others} mix tokens without them, and {self.name} combines attention through every layer, "
+                "so it would leave them out: not available on this hybrid (use attention with its layers, or "
+                "a gradient or perturbation method)"
+            )
+        return None
+
+    def validate(self, facts: ModelFacts, options: Any) -> None:  # noqa: B027 (an optional hook)
         """Check options against the model (e.g. layer indices); raise InvalidRequest."""
 
     def units(self, task: Task) -> int:

@@ -21,18 +21,13 @@ from service.explain.methods.base import SIGN_NOT_SOURCES, Method, MethodOutput,
 from service.explain.objective import logprobs, token_scores
 from service.explain.options import LogitLensParams
 from service.explain.state import decoder_layers, is_paused
-
-_NORMS = ("norm", "ln_f", "final_layernorm", "norm_f", "final_layer_norm")
+from service.models.facts import ModelFacts, final_norm_module
 
 
 def final_norm(model: PreTrainedModel) -> torch.nn.Module:
-    """The norm applied to the last hidden state before the output head (identity if the model has none)."""
-    base = model.base_model
-    for name in _NORMS:
-        module = getattr(base, name, None)
-        if isinstance(module, torch.nn.Module):
-            return module
-    return torch.nn.Identity()
+    """The norm applied to the last hidden state before the output head (identity if the model has none;
+    the planner refuses the method then, see ``LogitLens.refusal``)."""
+    return final_norm_module(model) or torch.nn.Identity()
 
 
 def lens_targets(ctx: Context) -> list[int]:
@@ -89,6 +84,14 @@ def read_layers(ctx: Context, targets: list[int], top_k: int) -> dict[str, torch
 class LogitLens(Method):
     name = "logit_lens"
     sign = SIGN_NOT_SOURCES
+
+    def refusal(self, facts: ModelFacts) -> str | None:
+        if facts.final_norm is None or not facts.has_output_head:
+            return (
+                f"{facts.model_type}: no final norm and output head found to read the layers through "
+                "(the logit lens needs both): logit_lens is not available"
+            )
+        return super().refusal(facts)
 
     def cost(self, shape: Shape, dims: ModelDims, options: Any) -> Cost:
         rows = shape.rows if shape.tokens_scope else shape.span_len

@@ -12,13 +12,13 @@ import dataclasses
 from typing import Any
 
 import torch
-from transformers import PretrainedConfig
 
 from service.explain.context import Context
 from service.explain.cost import Cost, ModelDims, Shape
-from service.explain.methods.attention import AttentionMethod, resolve
+from service.explain.methods.attention import AttentionMethod, attention_layers
 from service.explain.methods.base import SIGN_MAGNITUDE, MethodOutput, register
 from service.explain.options import RolloutParams
+from service.models.facts import ModelFacts, facts_of
 
 
 def rollout(attentions: list[torch.Tensor], residual: float) -> torch.Tensor:
@@ -57,11 +57,12 @@ def queries_of(rows: int, span_len: int, tokens_scope: bool, sequence_scope: boo
 @register
 class AttentionRollout(AttentionMethod):
     name = "attention_rollout"
+    needs_attention_at_every_layer = True  # refused on hybrids (Method.refusal)
     sign = SIGN_MAGNITUDE
 
-    def validate(self, config: PretrainedConfig, options: Any) -> None:
+    def validate(self, facts: ModelFacts, options: Any) -> None:
         opts: RolloutParams = options
-        resolve(opts.layers, int(config.num_hidden_layers), "attention_rollout.layers")
+        attention_layers(opts.layers, facts, "attention_rollout.layers")
 
     def cost(self, shape: Shape, dims: ModelDims, options: Any) -> Cost:
         opts: RolloutParams = options if options is not None else RolloutParams()
@@ -76,7 +77,9 @@ class AttentionRollout(AttentionMethod):
         opts: RolloutParams = options
         atts = ctx.forward.attentions
         assert atts is not None
-        layers = resolve(opts.layers, len(atts), "attention_rollout.layers")
+        layers = attention_layers(opts.layers, facts_of(ctx.model), "attention_rollout.layers")
+        chosen = [a[0] for a in (atts[i] for i in sorted(layers)) if a is not None]
+        assert len(chosen) == len(layers), "refused on hybrids: every layer has attention weights"
         task = ctx.task
         start, end = task.span
         token_queries = [r - 1 for r in task.rows] if "tokens" in task.scopes else []
@@ -86,7 +89,7 @@ class AttentionRollout(AttentionMethod):
         tokens = sequence = None
         if queries:
             with torch.no_grad():
-                result = rollout_rows([atts[i][0] for i in sorted(layers)], opts.residual, queries).float().cpu()
+                result = rollout_rows(chosen, opts.residual, queries).float().cpu()
             if token_queries:
                 tokens = result[[where[q] for q in token_queries]].numpy()
             if span_queries:

@@ -16,21 +16,18 @@ import dataclasses
 import itertools
 import math
 import random
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from service.explain import forward as fw
+from service.explain import ablation
+from service.explain.ablation import Coalition, players_of
 from service.explain.context import Context
 from service.explain.cost import Cost, ModelDims, Shape
 from service.explain.methods.base import SIGN_SUPPORTS, Method, MethodOutput, register
-from service.explain.objective import sequence_score, token_scores
 from service.explain.options import ShapleyParams
 from service.explain.task import Task
-
-Coalition = frozenset[int]
 
 
 def permutations(players: int, samples: int, seed: int) -> list[list[int]]:
@@ -91,48 +88,6 @@ def exact_values(values: dict[Coalition, torch.Tensor], players: int) -> torch.T
     return phi
 
 
-def _players(task: Task) -> list[tuple[int, ...]]:
-    return [unit for unit in task.units if unit and max(unit) < task.sequence_sources]
-
-
-def coalition_values(
-    ctx: Context,
-    base: tuple[int, ...],
-    targets: list[int],
-    players: list[tuple[int, ...]],
-    chosen: list[Coalition],
-    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    masking: str,
-) -> dict[Coalition, torch.Tensor]:
-    """The function [k] for each coalition, ``sequences`` masked sequences per forward."""
-    pad = ctx.task.pad_id if ctx.task.pad_id is not None else 0
-    ids = torch.tensor([base[t] for t in targets], device=ctx.device)
-    out: dict[Coalition, torch.Tensor] = {}
-    per = ctx.task.chunks.sequences
-    for first in range(0, len(chosen), per):
-        chunk = chosen[first : first + per]
-        seqs, keep = [], []
-        for coalition in chunk:
-            masked = {p for i, unit in enumerate(players) if i not in coalition for p in unit}
-            if masking == "delete":
-                # a pad token stands in when nothing would be left before a target
-                lead = [pad] if len(masked) >= min(targets) else []
-                seqs.append(lead + [tok for p, tok in enumerate(base) if p not in masked])
-                keep.append([t - len(masked) - 1 + len(lead) for t in targets])
-            else:
-                seqs.append([pad if p in masked else tok for p, tok in enumerate(base)])
-                keep.append([t - 1 for t in targets])
-        longest = max(len(s) for s in seqs)
-        batch = torch.tensor([s + [s[-1]] * (longest - len(s)) for s in seqs], device=ctx.device)
-        with torch.no_grad():
-            logits = fw.run(ctx.model, fw.embed_batch(ctx.model, batch), torch.tensor(keep, device=ctx.device)).logits
-            values = score(logits, ids).double().cpu()  # [B, k]
-        for coalition, value in zip(chunk, values, strict=True):
-            out[coalition] = value
-        ctx.unit("shapley")
-    return out
-
-
 def _efficiency(values: dict[Coalition, torch.Tensor], phi: torch.Tensor, players: int) -> dict[str, Any]:
     full, empty = values[frozenset(range(players))], values[frozenset()]
     total = phi.sum(-1)
@@ -151,7 +106,7 @@ class Shapley(Method):
 
     def _coalitions(self, task: Task) -> int:
         opts: ShapleyParams = task.methods[self.name]
-        n = len(_players(task))
+        n = len(players_of(task))
         if not n:
             return 0
         return 2**n if enumerates(n, opts) else len(coalitions(permutations(n, opts.n_samples, opts.seed), n))
@@ -173,7 +128,7 @@ class Shapley(Method):
     def run(self, ctx: Context, options: Any) -> MethodOutput:
         opts: ShapleyParams = options
         task = ctx.task
-        players = _players(task)
+        players = players_of(task)
         params: dict[str, Any] = {
             **dataclasses.asdict(opts),
             "players": len(players),
@@ -191,32 +146,7 @@ class Shapley(Method):
             if exact
             else "permutation sampling; standard_error is the sampling error of each value"
         )
-        rows = list(task.rows) if "tokens" in task.scopes else []
-        span = list(range(*task.span)) if "sequence" in task.scopes else []
-        targets = sorted(set(rows) | set(span))
-        foils = ctx.foils()
-
-        def score(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-            parts = []
-            if rows:
-                index = [targets.index(r) for r in rows]
-                parts.append(token_scores(logits[:, index], ids[index], task.function, foils))
-            if span:
-                index = [targets.index(s) for s in span]
-                parts.append(sequence_score(logits[:, index], ids[index], task.function).unsqueeze(-1))
-            return torch.cat(parts, -1)
-
-        values = coalition_values(ctx, task.ids, targets, players, chosen, score, opts.masking)
-        contrast = task.contrast_sequence
-        if contrast is not None and span:
-            positions = list(ctx.contrast_positions())
-
-            def contrast_score(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-                return sequence_score(logits, ids, task.function).unsqueeze(-1)
-
-            other = coalition_values(ctx, contrast, positions, players, chosen, contrast_score, opts.masking)
-            for c in values:
-                values[c] = torch.cat([values[c][:-1], values[c][-1:] - other[c]])
+        values, rows, span = ablation.function_values(ctx, players, chosen, opts.masking)
         if exact:
             phi = exact_values(values, len(players))
             error = torch.zeros_like(phi)

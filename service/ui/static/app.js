@@ -316,11 +316,12 @@ function attentionLayers() {
   const budget = 600_000; // numbers on the wire, so the response stays small
   const per = cells * info.num_heads;
   const want = Number($("layer").value) || 0;
-  let layers = [...Array(info.num_layers).keys()];
+  // the decoder layers with attention weights (a hybrid's others have none: asking for them is a 422)
+  let layers = info.facts ? [...info.facts.attention_layers] : [...Array(info.num_layers).keys()];
   if (per * layers.length > budget) {
-    const n = Math.max(1, Math.floor(budget / per)), step = Math.ceil(info.num_layers / n);
-    layers = layers.filter((l) => l % step === 0);
-    if (!layers.includes(want)) layers.push(want);
+    const n = Math.max(1, Math.floor(budget / per)), step = Math.ceil(layers.length / n);
+    layers = layers.filter((_, i) => i % step === 0);
+    if (!layers.includes(want) && (!info.facts || info.facts.attention_layers.includes(want))) layers.push(want);
     layers.sort((a, b) => a - b);
   }
   return layers;
