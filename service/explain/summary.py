@@ -172,9 +172,8 @@ def summarize(
     named = sum(abs(p.score) for p in phrases)
     flat = magnitude.size >= FLAT_MIN_PARTS and normalised_entropy(shown) >= FLAT_ENTROPY
     top = _phrases(share * signs, units, [order[0]], texts)[0]
-    spread = (
-        f"spread over {magnitude.size} parts (the largest, '{_text(top, units, texts)}', holds {abs(top.score):.0%})"
-    )
+    largest = f"'{_text(top, units, texts)}'{_where(units[order[0]], chat)}"
+    spread = f"spread over {magnitude.size} parts (the largest, {largest}, holds {abs(top.score):.0%})"
     if parts and named > MOSTLY:
         predicate = f"rests mostly on {parts}"
     elif flat:

@@ -26,6 +26,12 @@ from service.explain.objective import sequence_score, token_scores
 from service.explain.options import OcclusionParams
 from service.explain.task import Task
 
+#: Why ``delete`` is the default (bench/bench_occlusion_modes.py, 8 prompts on SmolLM2-135M, 2026-12-04).
+DEFAULT_MODE_NOTE = (
+    "delete: removing its top 20% of words lowered the answer's log-probability by 13.7 nats vs 7.0 for random "
+    "words (7/8 prompts); replace by pad ranked the same words, replace by mean 13.5 (8/8)"
+)
+
 #: Embedding rows passed through the embedding module at a time when averaging over the vocabulary.
 _MEAN_CHUNK = 4096
 
@@ -160,7 +166,12 @@ class Occlusion(Method):
             occlude = f"replace the unit's embeddings by the {opts.replace_with} embedding (positions kept)"
         else:
             occlude = "delete the unit's tokens (later positions shift)"
-        params: dict[str, Any] = {"mode": opts.mode, "occlude": occlude, "units": "the requested granularity"}
+        params: dict[str, Any] = {
+            "mode": opts.mode,
+            "default_mode": DEFAULT_MODE_NOTE,
+            "occlude": occlude,
+            "units": "the requested granularity",
+        }
         if opts.mode == "replace":
             params["replace_with"] = opts.replace_with
         return MethodOutput(tokens=tokens, sequence=sequence, over_units=True, params=params)
