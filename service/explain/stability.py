@@ -54,7 +54,7 @@ def compare(a: np.ndarray, b: np.ndarray, k: int) -> tuple[float, float]:
 def chosen_units(importance: np.ndarray, params: StabilityParams, index: int) -> list[int]:
     """The units one perturbation touches: seeded, among the less important half by |score|."""
     n = len(importance)
-    count = round(params.fraction * n)
+    count = max(1, round(params.fraction * n)) if params.fraction > 0 else 0  # a small input still moves
     if count == 0:
         return []
     finite = int(np.isfinite(importance).sum())

@@ -308,7 +308,8 @@ def build_response(
         else _no_vector_summary(options, result.answer_logprobs)
     )
     if "counterfactual" in methods:
-        text = f"{text} {counterfactual_sentence(methods['counterfactual'].params, plan.units)}"
+        found = counterfactual_sentence(methods["counterfactual"].params, plan.units)
+        text = found if chosen is None else f"{text} {found}"
     if chosen is not None and (evaluation := methods[chosen].evaluation) is not None:
         text = f"{text} {_faithfulness_sentence(evaluation)}".rstrip()
         text = f"{text} {_stability_sentence(evaluation)}".rstrip()
