@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.glassbox-installed
 TORCH_INDEX_ARGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: setup browser serve test pytest test-fast lint format bench-explain bench-methods bench-faithfulness bench-ig bench-cache bench-serve loadtest check-deploy clean
+.PHONY: setup browser serve test pytest test-fast lint format bench-explain bench-methods bench-faithfulness bench-ig bench-answers bench-cache bench-serve loadtest check-deploy clean
 
 setup: $(STAMP)
 
@@ -60,6 +60,9 @@ bench-methods: $(STAMP)
 
 bench-faithfulness: $(STAMP)
 	PYTHONPATH=. $(BIN)/python bench/bench_faithfulness.py
+
+bench-answers: $(STAMP)
+	PYTHONPATH=. $(BIN)/python bench/bench_answers.py
 
 bench-ig: $(STAMP)
 	PYTHONPATH=. $(BIN)/python bench/bench_ig_convergence.py
