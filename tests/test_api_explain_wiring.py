@@ -107,3 +107,28 @@ def test_explain_over_budget_is_refused_before_generating(tiny_settings: Setting
         assert response.status_code == 422 and response.json()["error"]["type"] == "budget_exceeded"
         # nothing was generated (and so nothing stored) for the /generate of the same input
         assert client.post("/generate", json={"prompt": "Hello", "max_new_tokens": 8}).headers["x-cache"] == "miss"
+
+
+def test_documents_citations_and_self_explanation_stream_and_cache(client: TestClient) -> None:
+    """The checkable-answer features go down the same path: progress events per unit, the response in
+    `done`, and a cache hit that returns the same citations and self-explanation."""
+    request = {
+        "messages": CHAT,
+        "documents": [{"title": "Atlas", "text": "Paris is the capital of France."}, {"title": "", "text": "Hi."}],
+        "target": "Paris.",
+        "methods": ["context_attribution"],
+        "self_explanation": True,
+        "self_explanation_tokens": 4,
+        "context_attribution": {"n_ablations": 8, "held_out": 2},
+    }
+    with client.stream("POST", "/explain", json={**request, "stream": True}) as response:
+        raw = "".join(response.iter_text())
+    events = raw.replace("\r\n", "\n").split("\n\n")
+    assert sum(e.startswith("event: progress") for e in events) >= 2
+    done = json.loads(next(e for e in events if e.startswith("event: done")).split("data: ", 1)[1])
+    assert [s["label"] for s in done["sources"][: done["sequence_sources"]]] == ["Atlas", "document 2"]
+    assert len(done["citations"]) == 1 and done["self_explanation"]["question"]
+    again = client.post("/explain", json=request)
+    assert again.headers["x-cache"] == "hit"
+    assert again.json()["citations"] == done["citations"]
+    assert again.json()["self_explanation"] == done["self_explanation"]

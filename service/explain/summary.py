@@ -30,6 +30,7 @@ from service.explain.units import Unit
 #: Which method speaks for the summary when several ran (most faithful first).
 PREFERENCE = (
     "shapley",
+    "context_attribution",
     "integrated_gradients",
     "occlusion",
     "input_x_gradient",
@@ -40,6 +41,7 @@ PREFERENCE = (
 )
 LABELS = {
     "shapley": "Shapley values",
+    "context_attribution": "context attribution",
     "integrated_gradients": "integrated gradients",
     "occlusion": "occlusion",
     "input_x_gradient": "input × gradient",
