@@ -10,6 +10,17 @@ from captum.attr import InputXGradient, IntegratedGradients, Saliency
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
+def eager_attentions(model: torch.nn.Module, ids: Sequence[int]) -> list[torch.Tensor]:
+    """Per layer [H, T, T] from an eager forward with transformers' own ``output_attentions``."""
+    model.set_attn_implementation("eager")  # type: ignore[operator]
+    try:
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([list(ids)]), output_attentions=True)
+    finally:
+        model.set_attn_implementation("sdpa")  # type: ignore[operator]
+    return [a[0] for a in out.attentions]
+
+
 def embeds(model: torch.nn.Module, ids: Sequence[int]) -> torch.Tensor:
     with torch.no_grad():
         return model.get_input_embeddings()(torch.tensor([list(ids)])).detach()  # type: ignore[operator,no-any-return]

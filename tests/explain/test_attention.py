@@ -12,17 +12,12 @@ from service.explain.methods import attention
 from service.explain.options import AttentionParams, RolloutParams
 from service.models.facts import facts_of
 from tests.explain.conftest import make_task
+from tests.explain.oracle import eager_attentions
 
 
 def _reference_attentions(model, ids) -> np.ndarray:
     """[L, H, T, T] straight from an eager forward."""
-    model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            out = model(input_ids=torch.tensor([list(ids)]), output_attentions=True)
-    finally:
-        model.set_attn_implementation("sdpa")
-    return torch.stack([a[0] for a in out.attentions]).numpy()
+    return torch.stack(eager_attentions(model, ids)).numpy()
 
 
 def test_attention_rows_sum_to_one_and_respect_the_causal_mask(model, ids):

@@ -13,17 +13,7 @@ from service.explain.methods.rollout import AttentionRollout, rollout, rollout_r
 from service.explain.options import RolloutParams
 from service.models.facts import facts_of
 from tests.explain.conftest import make_task
-
-
-def _attentions(model, ids) -> list[torch.Tensor]:
-    """Per layer [H, T, T] from an eager forward with transformers' own ``output_attentions``."""
-    model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            out = model(input_ids=torch.tensor([list(ids)]), output_attentions=True)
-    finally:
-        model.set_attn_implementation("sdpa")
-    return [a[0] for a in out.attentions]
+from tests.explain.oracle import eager_attentions
 
 
 def _full(atts: list[torch.Tensor], residual: float) -> np.ndarray:
@@ -39,7 +29,7 @@ def _full(atts: list[torch.Tensor], residual: float) -> np.ndarray:
 
 @pytest.mark.parametrize("residual", [0.0, 0.5, 0.9])
 def test_row_propagation_equals_the_full_product(model, ids, residual):
-    atts = _attentions(model, ids)
+    atts = eager_attentions(model, ids)
     queries = [0, 5, 8, 13]
     rows = rollout_rows(atts, residual, queries)
     assert rows.dtype == torch.float64
@@ -50,7 +40,7 @@ def test_row_propagation_equals_the_full_product(model, ids, residual):
 
 def test_engine_rollout_rows_and_sequence(model, ids):
     out = explain(model, make_task(ids, {"attention_rollout": RolloutParams(residual=0.5)})).outputs
-    full = _full(_attentions(model, ids), 0.5)
+    full = _full(eager_attentions(model, ids), 0.5)
     result = out["attention_rollout"]
     np.testing.assert_allclose(result.tokens, full[8:13], rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(result.sequence, full[8:13, :9].mean(0), rtol=1e-6, atol=1e-9)
@@ -59,7 +49,7 @@ def test_engine_rollout_rows_and_sequence(model, ids):
 def test_rollout_through_chosen_layers(model, ids):
     opts = RolloutParams(residual=0.3, layers=(-1, 0))
     out = explain(model, make_task(ids, {"attention_rollout": opts}, scopes=frozenset({"tokens"}))).outputs
-    atts = _attentions(model, ids)
+    atts = eager_attentions(model, ids)
     full = _full([atts[0], atts[2]], 0.3)  # model order, whatever order they were given in
     np.testing.assert_allclose(out["attention_rollout"].tokens, full[8:13], rtol=1e-6, atol=1e-9)
     assert out["attention_rollout"].params["layers"] == [0, 2]
