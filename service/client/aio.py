@@ -15,8 +15,6 @@ from service.client.errors import DeadlineExceeded, Unreachable
 from service.client.models import Explanation, Generation
 from service.client.sse import Decoder
 
-_TRANSPORT_TIMEOUT = httpx.Timeout(None, connect=10.0)
-
 
 class AsyncClient:
     """Async Glassbox client. ``url`` defaults to ``GLASSBOX_URL``, then http://127.0.0.1:8000.
@@ -42,7 +40,7 @@ class AsyncClient:
         self.api_key, self.timeout = api_key, timeout
         self.retry = core.RetryPolicy(max_retries=max_retries, max_wait_s=max_retry_wait)
         self._owns = http_client is None
-        self._http = http_client or httpx.AsyncClient(timeout=_TRANSPORT_TIMEOUT)
+        self._http = http_client or httpx.AsyncClient(timeout=httpx.Timeout(core.TRANSPORT_TIMEOUT))
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -135,7 +133,7 @@ class AsyncClient:
                 f"{self.url}{path}",
                 json=payload,
                 headers=core.headers(self.api_key, deadline.remaining(), cache_control),
-                timeout=deadline.http_timeout(_TRANSPORT_TIMEOUT),
+                timeout=deadline.http_timeout(),
             )
             try:
                 response = await self._http.send(request, stream=True)

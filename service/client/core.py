@@ -24,6 +24,10 @@ from service.client.sse import Event
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
+#: (connect, read, write, pool) seconds, the form every httpx-like client accepts.
+HttpTimeout = tuple[float | None, float | None, float | None, float | None]
+#: Without a deadline: 10 s to connect, then as long as the server takes.
+TRANSPORT_TIMEOUT: HttpTimeout = (10.0, None, None, None)
 #: Statuses worth retrying: overloaded (429) or not ready/draining (503); both say when in Retry-After.
 RETRY_STATUSES = frozenset({429, 503})
 
@@ -115,10 +119,15 @@ class Deadline:
             raise DeadlineExceeded("the call's deadline passed before the server answered")
         return left
 
-    def http_timeout(self, default: httpx.Timeout) -> httpx.Timeout:
-        """The transport's timeout: the deadline plus a margin for the server's own 504 to arrive."""
+    def http_timeout(self) -> HttpTimeout:
+        """The transport's timeout: the deadline plus a margin for the server's own 504 to arrive.
+
+        A (connect, read, write, pool) tuple rather than an ``httpx.Timeout``: an ``http_client`` may be built
+        on httpx's successor (Starlette's TestClient uses ``httpx2``), which refuses the other's Timeout."""
         left = self.remaining()
-        return default if left is None else httpx.Timeout(left + 5.0, connect=min(10.0, left + 5.0))
+        if left is None:
+            return TRANSPORT_TIMEOUT
+        return (min(10.0, left + 5.0), left + 5.0, left + 5.0, left + 5.0)
 
     def allows_wait(self, seconds: float) -> bool:
         return self.at is None or time.monotonic() + seconds < self.at

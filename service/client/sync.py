@@ -15,8 +15,6 @@ from service.client.errors import DeadlineExceeded, Unreachable
 from service.client.models import Explanation, Generation
 from service.client.sse import Decoder
 
-_TRANSPORT_TIMEOUT = httpx.Timeout(None, connect=10.0)
-
 
 class Client:
     """Sync Glassbox client. ``url`` defaults to ``GLASSBOX_URL``, then http://127.0.0.1:8000.
@@ -42,7 +40,7 @@ class Client:
         self.api_key, self.timeout = api_key, timeout
         self.retry = core.RetryPolicy(max_retries=max_retries, max_wait_s=max_retry_wait)
         self._owns = http_client is None
-        self._http = http_client or httpx.Client(timeout=_TRANSPORT_TIMEOUT)
+        self._http = http_client or httpx.Client(timeout=httpx.Timeout(core.TRANSPORT_TIMEOUT))
 
     def __enter__(self) -> Client:
         return self
@@ -131,7 +129,7 @@ class Client:
                 f"{self.url}{path}",
                 json=payload,
                 headers=core.headers(self.api_key, deadline.remaining(), cache_control),
-                timeout=deadline.http_timeout(_TRANSPORT_TIMEOUT),
+                timeout=deadline.http_timeout(),
             )
             try:
                 response = self._http.send(request, stream=True)
