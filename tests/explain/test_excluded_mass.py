@@ -11,7 +11,8 @@ from service.explain.options import RolloutParams
 from service.explain.summary import summarize
 from service.explain.units import Unit
 from tests.explain.conftest import make_task
-from tests.explain.test_rollout import _attentions, _full
+from tests.explain.oracle import eager_attentions
+from tests.explain.test_rollout import _full
 
 
 def test_shares_by_hand(ids):
@@ -48,7 +49,7 @@ def test_rollout_sink_mass_is_reported_and_the_rest_is_not_renormalised(model, i
     units = tuple((p,) for p in range(1, 14))
     task = make_task(ids, {"attention_rollout": RolloutParams()}, included=included, units=units)
     out = explain(model, task).outputs["attention_rollout"]
-    full = _full(_attentions(model, ids), 0.5)
+    full = _full(eager_attentions(model, ids), 0.5)
     np.testing.assert_allclose(out.tokens, full[8:13], rtol=1e-6, atol=1e-9)  # raw rows, sink column included
     mass = excluded_mass(task, units, out.tokens, out.sequence)
     assert mass is not None
