@@ -11,8 +11,8 @@ import torch
 from transformers import GemmaConfig, GemmaForCausalLM
 
 from service.explain import forward as fw
+from service.explain.baselines import mean_embedding
 from service.explain.engine import explain
-from service.explain.methods.occlusion import mean_embedding
 from service.explain.options import OcclusionParams
 from service.explain.task import Chunks
 from tests.explain.conftest import make_task

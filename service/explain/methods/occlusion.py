@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from service.explain import forward as fw
+from service.explain.baselines import mean_embedding, token_embedding
 from service.explain.context import Context
 from service.explain.cost import Cost, ModelDims, Shape
 from service.explain.methods.base import SIGN_SUPPORTS, Method, MethodOutput, register
@@ -33,25 +34,13 @@ DEFAULT_MODE_NOTE = (
 )
 
 #: Embedding rows passed through the embedding module at a time when averaging over the vocabulary.
-_MEAN_CHUNK = 4096
-
-
-def mean_embedding(model: torch.nn.Module) -> torch.Tensor:
-    """The embedding module's output averaged over the whole vocabulary [d] (in float64, then the model's dtype)."""
-    weight = fw.embedding_weight(model)  # type: ignore[arg-type]
-    total = torch.zeros(weight.shape[1], dtype=torch.float64, device=weight.device)
-    for first in range(0, weight.shape[0], _MEAN_CHUNK):
-        ids = torch.arange(first, min(weight.shape[0], first + _MEAN_CHUNK), device=weight.device)
-        total += fw.embed_batch(model, ids).double().sum(0)  # type: ignore[arg-type]
-    return (total / weight.shape[0]).to(weight.dtype)
 
 
 def replacement(ctx: Context, opts: OcclusionParams) -> torch.Tensor:
     """The embedding that stands in for an occluded position in ``replace`` mode [d]."""
     if opts.replace_with == "mean":
         return mean_embedding(ctx.model)
-    pad = ctx.task.pad_id if ctx.task.pad_id is not None else 0
-    return fw.embed(ctx.model, [pad])[0]
+    return token_embedding(ctx.model, ctx.task.pad_id if ctx.task.pad_id is not None else 0)
 
 
 def _batch(model_device: torch.device, seqs: list[list[int]]) -> torch.Tensor:
