@@ -287,7 +287,8 @@ def test_entry_command_serves_as_image_user_on_read_only_root(tiny_model_dir: Pa
         assert "ro" in root_mount[5].split(","), f"server's root mount is not read-only: {root_mount}"
         cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")
         assert any(part.endswith(b"/glassbox") for part in cmdline), cmdline
-        assert "helper: read-only root" in output()
+        # the whole log: the helper's line comes first and the server's start-up logs can push it out of output()
+        assert "helper: read-only root" in log_path.read_text(errors="replace"), output()
 
         code, health = _get(f"http://127.0.0.1:{port}/healthz")
         assert code == 200, health
