@@ -70,7 +70,7 @@ def convergence(
     span = list(range(*task.span))
     kind = f"{n} {units['granularity']}"
     log(f"shapley convergence: {kind} units, all {len(every)} coalitions")
-    with explaining(lm.model, attention=False, checkpoint=NO_CHECKPOINT):
+    with explaining(lm.model, attention="none", checkpoint=NO_CHECKPOINT):
         ctx = Context(lm.model, task, attentions=False, gradients=False)
 
         def score(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -107,7 +107,7 @@ def main() -> None:
             tops[mode] = [units[i] for i in np.argsort(-scores, kind="stable")[:k]]
         log(f"prompt {p + 1}: occlusion by every mode done")
         random_sets = [[units[i] for i in d] for d in draws]
-        with explaining(lm.model, attention=False, checkpoint=NO_CHECKPOINT):
+        with explaining(lm.model, attention="none", checkpoint=NO_CHECKPOINT):
             ctx = Context(lm.model, plan.task, attentions=False, gradients=False)
             stand_ins = {m: occlusion.replacement(ctx, o) if o.mode == "replace" else None for m, o in MODES.items()}
             common = removal_drops(ctx, [*tops.values(), *random_sets], None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from transformers import PreTrainedModel
 
 from service.explain import forward as fw
+from service.explain.attention_rows import AttentionMode, queries_of
 from service.explain.checkpoint import NO_CHECKPOINT, Checkpoint, RowsCallback
 from service.explain.objective import logprobs, sequence_score, token_scores
 from service.explain.task import Task
@@ -31,6 +33,12 @@ class Forward:
     answer_logprobs: list[float]  # every answer token's log-probability
     foil_logprobs: list[float] | None
     attentions: fw.Attentions | None  # per decoder layer, None where a layer has no attention weights
+    #: The query positions the attention tensors hold (``rows`` mode: [B, H, Q, T]); None: every row ([B, H, T, T]).
+    attention_queries: tuple[int, ...] | None = None
+
+    def attention_rows(self, layer: torch.Tensor, queries: Sequence[int]) -> torch.Tensor:
+        """One layer's weights at ``queries`` ([..., len(queries), T]), whichever rows the forward kept."""
+        return fw.query_rows(layer, queries, self.attention_queries)
 
 
 @dataclass
@@ -51,7 +59,7 @@ class Context:
         model: PreTrainedModel,
         task: Task,
         *,
-        attentions: bool,
+        attentions: AttentionMode,
         gradients: bool,
         checkpoint: Checkpoint = NO_CHECKPOINT,
         on_rows: RowsCallback | None = None,
@@ -115,8 +123,16 @@ class Context:
     @functools.cached_property
     def forward(self) -> Forward:
         leaf = self.embeddings.unsqueeze(0).clone().requires_grad_(self._gradients)
+        task = self.task
+        queries = queries_of(task.rows, task.span, task.scopes) if self._attentions == "rows" else None
         with torch.set_grad_enabled(self._gradients):
-            out = fw.run(self.model, leaf, self.answer_logits_positions(), attentions=self._attentions)
+            out = fw.run(
+                self.model,
+                leaf,
+                self.answer_logits_positions(),
+                attentions=self._attentions != "none",
+                queries=queries,
+            )
             scopes = self.task.scopes
             row_scores = self.row_scores(out.logits[:, self.row_index()]) if "tokens" in scopes else None
             span_score = self.span_score(out.logits[:, self.span_index()]) if "sequence" in scopes else None
@@ -127,7 +143,7 @@ class Context:
             if foils is not None:
                 foil_lps = logprobs(out.logits.detach()[:, self.row_index()], foils)[0].tolist()
         self.unit("forward")
-        return Forward(leaf, row_scores, span_score, lps, foil_lps, out.attentions)
+        return Forward(leaf, row_scores, span_score, lps, foil_lps, out.attentions, queries)
 
     # --- gradients shared by saliency and input x gradient ---------------------------------------
     @functools.cached_property

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from transformers import PretrainedConfig
 
 from service.errors import BudgetExceeded
+from service.explain.attention_rows import rows_supported
 from service.explain.task import Chunks
 from service.models.facts import ModelFacts, text_config
 
@@ -28,6 +29,8 @@ class ModelDims:
     elem: int  # bytes per activation element
     #: Layers with attention weights ([H, T, T] each); None means every layer.
     attention_layers: int | None = None
+    #: Attention rows can be recomputed beside the model's kernel (``attention_rows``), without T×T matrices.
+    attention_rows: bool = False
 
     @property
     def attending(self) -> int:
@@ -46,6 +49,7 @@ class ModelDims:
                 vocab=source.vocab,
                 elem=elem,
                 attention_layers=len(source.attention_layers),
+                attention_rows=rows_supported(source),
             )
         config = text_config(source)
         hidden = int(getattr(config, "hidden_size", 768))
@@ -72,15 +76,17 @@ class ModelDims:
         return -(-flops // per)
 
     def graph_bytes(self, batch: int, seq: int, kept: int, eager: bool) -> int:
-        """Activations a forward keeps for backward, plus the kept logits (float32, with softmax)."""
+        """Activations a forward keeps for backward, plus the kept logits (float32, with softmax). Eager
+        attention keeps every layer's T×T scores and probabilities; SDPA's kernels keep O(T) per layer."""
         per_token = self.layers * (8 * self.hidden + 3 * self.intermediate) * self.elem
-        attention = self.attending * self.heads * seq * seq * self.elem * (3 if eager else 1)
+        attention = self.attending * self.heads * seq * seq * self.elem * 3 if eager else 0
         return batch * (seq * per_token + attention + kept * self.vocab * 4 * 3)
 
-    def backward_bytes(self, vectors: int, batch: int, seq: int, kept: int) -> int:
-        """Transient memory of one batched backward pass over ``vectors`` output weightings."""
+    def backward_bytes(self, vectors: int, batch: int, seq: int, kept: int, eager: bool = False) -> int:
+        """Transient memory of one batched backward pass over ``vectors`` output weightings (one layer's
+        gradients at a time; eager attention's are T×T per head)."""
         per_token = (8 * self.hidden + 3 * self.intermediate) * self.elem
-        attention = 2 * self.heads * seq * seq * self.elem
+        attention = 2 * self.heads * seq * seq * self.elem if eager else 0
         return vectors * batch * (seq * per_token + attention + kept * self.vocab * 4 * 2 + seq * self.hidden * 4)
 
 
@@ -129,7 +135,7 @@ def plan_chunks(shape: Shape, dims: ModelDims, memory_bytes: int, *, eager: bool
     """The largest chunks (up to 16) that keep the estimated peak under the budget; 0 means nothing fits."""
     seq, kept = shape.seq_len, shape.answer_len
     graph = dims.graph_bytes(1, seq, kept, eager)
-    targets = _fit(memory_bytes, graph, dims.backward_bytes(1, 1, seq, kept), MAX_CHUNK)
+    targets = _fit(memory_bytes, graph, dims.backward_bytes(1, 1, seq, kept, eager), MAX_CHUNK)
     steps = ig_targets = MAX_CHUNK
     if ig:
         # half the budget to the interpolated batch, half to the batched backward passes over it

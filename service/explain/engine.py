@@ -13,11 +13,13 @@ from transformers import PreTrainedModel
 
 from service.explain import faithfulness, stability
 from service.explain import methods as registry
+from service.explain.attention_rows import AttentionMode
 from service.explain.checkpoint import NO_CHECKPOINT, Checkpoint, RowsCallback
 from service.explain.context import Context
-from service.explain.methods.base import Method, MethodOutput
+from service.explain.methods.base import Method, MethodOutput, attention_mode
 from service.explain.state import explaining
 from service.explain.task import Task
+from service.models.facts import facts_of
 
 
 @dataclass
@@ -68,7 +70,7 @@ def _run_methods(ctx: Context, methods: list[Method], timings: dict[str, float])
 
 
 def _rerun(
-    parent: Context, methods: list[Method], attention: bool, gradients: bool
+    parent: Context, methods: list[Method], attention: AttentionMode, gradients: bool
 ) -> Callable[[Task], dict[str, MethodOutput]]:
     """Every method again on a perturbed task, in the same model state, counting units on ``parent``."""
 
@@ -87,7 +89,7 @@ def explain(
 ) -> EngineResult:
     """All methods of ``task`` in one pass over the model state (restored on exit, errors included)."""
     methods = [registry.get(name) for name in task.methods]
-    attention = any(m.needs_attention for m in methods)
+    attention = attention_mode(methods, facts_of(model)) if any(m.needs_attention for m in methods) else "none"
     gradients = any(m.needs_gradients for m in methods)
     timings: dict[str, float] = {}
     outputs: dict[str, MethodOutput] = {}

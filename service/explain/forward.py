@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel
 
+from service.explain.attention_rows import attention_rows
 from service.explain.state import attention_capture
 from service.models.facts import facts_of
 
@@ -41,12 +43,21 @@ class Outputs:
     attentions: Attentions | None
 
 
-def run(model: PreTrainedModel, embeds: torch.Tensor, keep: torch.Tensor, *, attentions: bool = False) -> Outputs:
+def run(
+    model: PreTrainedModel,
+    embeds: torch.Tensor,
+    keep: torch.Tensor,
+    *,
+    attentions: bool = False,
+    queries: Sequence[int] | None = None,
+) -> Outputs:
     """One forward over [B, T, d] embeddings; ``keep`` is [n] positions or [B, n] per-row positions.
 
     With ``attentions``, the weights come from hooks on the modules transformers declares
     (``_can_record_outputs``) or, for families that declare none (bloom, falcon, gpt_neo, mpt), from
-    ``output_attentions=True``; either way indexed by decoder layer (see ``ModelFacts.attention``).
+    ``output_attentions=True``; either way indexed by decoder layer (see ``ModelFacts.attention``). With
+    ``queries`` as well (the model on a ``glassbox_rows_*`` implementation, see ``attention_rows``), each layer's
+    weights are only those rows: [B, H, len(queries), T].
     """
     if not attentions:
         out = model(inputs_embeds=embeds, logits_to_keep=keep, use_cache=False)
@@ -55,7 +66,13 @@ def run(model: PreTrainedModel, embeds: torch.Tensor, keep: torch.Tensor, *, att
     capture = facts.attention
     if capture is None:  # the planner refuses attention methods on such models first
         raise RuntimeError(f"no attention weights to capture: {facts.attention_reason}")
-    if capture.how == "flag":
+    if queries is not None:
+        with attention_rows(queries, embeds.device) as captured:
+            out = model(inputs_embeds=embeds, logits_to_keep=keep, use_cache=False)
+        if len(captured) != len(capture.layers):
+            raise RuntimeError(f"captured {len(captured)} row sets for {len(capture.layers)} attention layers")
+        weights = dict(zip(capture.layers, captured, strict=True))
+    elif capture.how == "flag":
         out = model(inputs_embeds=embeds, logits_to_keep=keep, use_cache=False, output_attentions=True)
         weights = {i: out.attentions[i] for i in capture.layers}
     else:
@@ -65,6 +82,15 @@ def run(model: PreTrainedModel, embeds: torch.Tensor, keep: torch.Tensor, *, att
             raise RuntimeError(f"captured {len(captured)} attention tensors for {len(capture.layers)} attention layers")
         weights = dict(zip(capture.layers, captured, strict=True))
     return Outputs(out.logits, tuple(weights.get(i) for i in range(facts.layers)))
+
+
+def query_rows(weights: torch.Tensor, queries: Sequence[int], kept: Sequence[int] | None) -> torch.Tensor:
+    """``weights[..., queries, :]`` of one layer's [..., Q, T] weights, whether the forward kept every query row
+    (``kept`` None) or only the rows at positions ``kept``."""
+    if kept is None:
+        return weights[..., list(queries), :]
+    index = {q: i for i, q in enumerate(kept)}
+    return weights[..., [index[q] for q in queries], :]
 
 
 def predicting(positions: list[int] | tuple[int, ...] | range, device: torch.device) -> torch.Tensor:

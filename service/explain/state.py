@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
+from service.explain.attention_rows import ROWS, AttentionMode
 from service.explain.checkpoint import Checkpoint
 from service.models.facts import facts_of
 
@@ -25,17 +26,32 @@ def attention_implementation(model: PreTrainedModel) -> str:
 
 
 @contextmanager
-def eager_attention(model: PreTrainedModel, enabled: bool = True) -> Iterator[None]:
-    """Eager attention (the only one that returns weights) inside the block; the previous one after."""
+def implementation(model: PreTrainedModel, name: str | None) -> Iterator[None]:
+    """The attention implementation ``name`` inside the block (None: unchanged); the previous one after."""
     previous = attention_implementation(model)
-    switch = enabled and previous != "eager"
-    if switch:
-        model.set_attn_implementation("eager")
+    switch = name is not None and previous != name
+    if name is not None and switch:
+        model.set_attn_implementation(name)
     try:
         yield
     finally:
         if switch:
             model.set_attn_implementation(previous)
+
+
+def eager_attention(model: PreTrainedModel, enabled: bool = True) -> AbstractContextManager[None]:
+    """Eager attention (the only one that returns every weight) inside the block; the previous one after."""
+    return implementation(model, "eager" if enabled else None)
+
+
+def implementation_for(model: PreTrainedModel, mode: AttentionMode) -> str | None:
+    """The implementation an explanation's shared forward runs on: eager for full matrices, ours around the
+    model's kernel for the explained rows, the model's own otherwise."""
+    if mode == "full":
+        return "eager"
+    if mode == "rows":
+        return ROWS
+    return None
 
 
 @contextmanager
@@ -113,7 +129,7 @@ def serving_state(model: PreTrainedModel, implementation: str) -> Iterator[None]
 
 
 @contextmanager
-def explaining(model: PreTrainedModel, *, attention: bool, checkpoint: Checkpoint) -> Iterator[None]:
+def explaining(model: PreTrainedModel, *, attention: AttentionMode, checkpoint: Checkpoint) -> Iterator[None]:
     """Everything an explanation changes on the model, undone on every path (errors included); between
     units, ``checkpoint`` may run other requests' decode steps in the model's serving state."""
     was_training = model.training
@@ -123,7 +139,7 @@ def explaining(model: PreTrainedModel, *, attention: bool, checkpoint: Checkpoin
     checkpoint.pause = lambda: serving_state(model, serving)
     try:
         with ExitStack() as stack:
-            stack.enter_context(eager_attention(model, attention))
+            stack.enter_context(implementation(model, implementation_for(model, attention)))
             stack.enter_context(input_gradients(model))
             stack.enter_context(layer_checkpoints(model, checkpoint))
             yield

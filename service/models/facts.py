@@ -72,6 +72,10 @@ class ModelFacts:
     embedding_scale: float  # embedding module output / raw weight row (√d for Gemma)
     attention: AttentionCapture | None
     attention_reason: str | None  # why ``attention`` is None
+    #: Attention weights can be recomputed for a few query rows beside the SDPA kernel (no T×T matrix): the
+    #: attention modules go through transformers' attention interface and the family supports SDPA (Gemma 2's
+    #: logit soft-capping does not).
+    attention_rows: bool
     final_norm: str | None  # attribute of the base model applied before the output head
     has_output_head: bool
 
@@ -263,6 +267,9 @@ def facts_of(model: PreTrainedModel) -> ModelFacts:
         embedding_scale=_embedding_scale(model),
         attention=capture,
         attention_reason=reason,
+        attention_rows=capture is not None
+        and capture.how == "record"
+        and bool(getattr(model, "_supports_sdpa", False)),
         final_norm=_final_norm(model),
         has_output_head=model.get_output_embeddings() is not None,
     )

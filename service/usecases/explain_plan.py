@@ -18,6 +18,7 @@ from service.explain import methods as registry
 from service.explain.engine import total_units
 from service.explain.faithfulness import FaithfulnessParams, planned_inputs
 from service.explain.methods.attention import attention_layers, resolve
+from service.explain.methods.base import attention_mode
 from service.explain.methods.gradient import shared_gradient_cost
 from service.explain.options import (
     AttentionParams,
@@ -320,7 +321,7 @@ def make_plan(
         sequence_scope="sequence" in options.scope,
     )
     dims = costs.ModelDims.of(facts)
-    eager = any(registry.get(n).needs_attention for n in options.methods)
+    eager = attention_mode([registry.get(n) for n in options.methods], facts) == "full"
     gradients = any(registry.get(n).needs_gradients for n in options.methods)
     total = costs.forward_cost(shape, dims, gradients=gradients, eager=eager)
     if gradients:

@@ -249,7 +249,7 @@ def _explain(registry, settings, **body):
         ),
         (
             {"explain_memory_mb": 64},
-            {"messages": [{"role": "user", "content": "x " * 450}], "methods": ["attention", "saliency"]},
+            {"messages": [{"role": "user", "content": "x " * 450}], "methods": ["attention_rollout", "saliency"]},
             "explain_memory_mb",
             "prompt",
         ),

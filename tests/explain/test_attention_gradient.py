@@ -13,7 +13,7 @@ from tests.explain.conftest import make_task
 
 def _relevance_matrix(model, ids, score) -> torch.Tensor:
     """The full [T, T] matrix R = (I + Ā_L)⋯(I + Ā_1) for the scalar ``score(logprobs)``, one layer at a time."""
-    with explaining(model, attention=True, checkpoint=NO_CHECKPOINT):
+    with explaining(model, attention="full", checkpoint=NO_CHECKPOINT):
         leaf = model.get_input_embeddings()(torch.tensor([ids])).detach().requires_grad_(True)
         with attention_capture(model) as atts:
             logits = model(inputs_embeds=leaf, use_cache=False).logits

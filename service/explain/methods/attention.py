@@ -75,6 +75,15 @@ class AttentionMethod(Method):
 class Attention(AttentionMethod):
     name = "attention"
     sign = SIGN_MAGNITUDE
+    attention_rows_only = True
+
+    def cost(self, shape: Shape, dims: ModelDims, options: Any) -> Cost:
+        if not dims.attention_rows:
+            return super().cost(shape, dims, options)
+        # the explained rows only, recomputed beside the model's kernel: [H, Q, T] per attention layer
+        queries = (shape.rows if shape.tokens_scope else 0) + (shape.span_len if shape.sequence_scope else 0)
+        weights = dims.attending * dims.heads * queries * shape.seq_len * 4
+        return Cost(work=0, memory=dims.graph_bytes(1, shape.seq_len, shape.answer_len, False) + weights)
 
     def validate(self, facts: ModelFacts, options: Any) -> None:
         opts: AttentionParams = options
@@ -93,13 +102,15 @@ class Attention(AttentionMethod):
         task = ctx.task
         queries = [r - 1 for r in task.rows]
         start, end = task.span
+        fwd = ctx.forward
         tokens = sequence = None
         with torch.no_grad():
             if "tokens" in task.scopes:
-                tokens = torch.stack([a[0][heads][:, queries].float() for a in chosen])  # [L, H, R, T]
+                tokens = torch.stack([fwd.attention_rows(a[0][heads], queries).float() for a in chosen])  # [L, H, R, T]
                 tokens = _reduce(_reduce(tokens, 1, opts.reduce_heads), 0, opts.reduce_layers)
             if "sequence" in task.scopes:
-                rows = [a[0][heads][:, start - 1 : end - 1, :start].float().mean(1) for a in chosen]
+                span_rows = range(start - 1, end - 1)
+                rows = [fwd.attention_rows(a[0][heads], span_rows)[..., :start].float().mean(1) for a in chosen]
                 sequence = _reduce(_reduce(torch.stack(rows), 1, opts.reduce_heads), 0, opts.reduce_layers)
         lead = (("layer",) if opts.reduce_layers == "none" else ()) + (("head",) if opts.reduce_heads == "none" else ())
         return MethodOutput(

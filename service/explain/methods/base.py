@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
 from service.errors import InvalidRequest
+from service.explain.attention_rows import AttentionMode, rows_supported
 from service.explain.context import Context
 from service.explain.cost import Cost, ModelDims, Shape
 from service.explain.task import Task
@@ -50,6 +52,9 @@ class Method(ABC):
     sign: ClassVar[Sign]
     #: Needs attention weights from the shared forward (eager attention).
     needs_attention: ClassVar[bool] = False
+    #: Reads attention only at the explained targets' query rows: with every such method, the shared forward runs
+    #: on the model's memory-efficient kernel and recomputes just those rows (``attention_rows``).
+    attention_rows_only: ClassVar[bool] = False
     #: Needs gradients of the shared forward (saliency and input × gradient share them).
     needs_gradients: ClassVar[bool] = False
     #: Combines attention through every layer (rollout, gradient-weighted attention): on a hybrid, whose
@@ -105,3 +110,12 @@ def get(name: str) -> Method:
     except KeyError:
         valid = ", ".join(sorted(_REGISTRY))
         raise InvalidRequest(f"unknown method {name!r}; valid methods: {valid}", param="methods") from None
+
+
+def attention_mode(methods: Sequence[Method], facts: ModelFacts) -> AttentionMode:
+    """How the shared forward of ``methods`` gets attention: not at all, only the explained rows (when every
+    method that needs attention reads only those and the family allows it), or every full matrix (eager)."""
+    needing = [m for m in methods if m.needs_attention]
+    if not needing:
+        return "none"
+    return "rows" if all(m.attention_rows_only for m in needing) and rows_supported(facts) else "full"

@@ -17,7 +17,7 @@ def shared_gradient_cost(shape: Shape, dims: ModelDims, *, eager: bool) -> Cost:
     if shape.sequence_scope:
         work += shape.seq_len + 2 * shape.contrast_seq_len * bool(shape.contrast_len)
     graph = dims.graph_bytes(1, shape.seq_len, shape.answer_len, eager)
-    return Cost(work=work, memory=graph + dims.backward_bytes(1, 1, shape.seq_len, shape.answer_len))
+    return Cost(work=work, memory=graph + dims.backward_bytes(1, 1, shape.seq_len, shape.answer_len, eager))
 
 
 class _GradientMethod(Method):
