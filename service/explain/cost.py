@@ -31,6 +31,9 @@ class ModelDims:
     attention_layers: int | None = None
     #: Attention rows can be recomputed beside the model's kernel (``attention_rows``), without T×T matrices.
     attention_rows: bool = False
+    #: Decoder layers are recomputed in the backward pass (gradient checkpointing): a forward keeps only each
+    #: layer's input, and one layer's activations at a time are live again during the backward.
+    recompute: bool = False
 
     @property
     def attending(self) -> int:
@@ -78,8 +81,13 @@ class ModelDims:
     def graph_bytes(self, batch: int, seq: int, kept: int, eager: bool) -> int:
         """Activations a forward keeps for backward, plus the kept logits (float32, with softmax). Eager
         attention keeps every layer's T×T scores and probabilities; SDPA's kernels keep O(T) per layer."""
-        per_token = self.layers * (8 * self.hidden + 3 * self.intermediate) * self.elem
-        attention = self.attending * self.heads * seq * seq * self.elem * 3 if eager else 0
+        layer = (8 * self.hidden + 3 * self.intermediate) * self.elem
+        per_token = self.layers * layer
+        attending = self.attending
+        if self.recompute:
+            per_token = self.layers * 2 * self.hidden * self.elem + layer
+            attending = min(1, attending)
+        attention = attending * self.heads * seq * seq * self.elem * 3 if eager else 0
         return batch * (seq * per_token + attention + kept * self.vocab * 4 * 3)
 
     def backward_bytes(self, vectors: int, batch: int, seq: int, kept: int, eager: bool = False) -> int:
@@ -153,6 +161,17 @@ def forward_cost(shape: Shape, dims: ModelDims, *, gradients: bool, eager: bool)
     graph = dims.graph_bytes(1, shape.seq_len, shape.answer_len, eager)
     contrast = shape.contrast_seq_len if shape.contrast_len else 0
     return Cost(work=shape.seq_len + contrast, memory=graph if gradients else graph // 4)
+
+
+def recompute_work(shape: Shape, chunks: Chunks) -> int:
+    """The extra forward work of gradient checkpointing: the layers run again in every backward pass (one per
+    chunk of targets, one for the span)."""
+    passes = 0
+    if shape.tokens_scope:
+        passes += -(-shape.rows // max(1, chunks.targets))
+    if shape.sequence_scope:
+        passes += 1
+    return passes * shape.seq_len
 
 
 def check(cost: Cost, limits: Limits) -> None:

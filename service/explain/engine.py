@@ -93,7 +93,7 @@ def explain(
     gradients = any(m.needs_gradients for m in methods)
     timings: dict[str, float] = {}
     outputs: dict[str, MethodOutput] = {}
-    with explaining(model, attention=attention, checkpoint=checkpoint):
+    with explaining(model, attention=attention, checkpoint=checkpoint, recompute=task.recompute):
         ctx = Context(
             model,
             task,

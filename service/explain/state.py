@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from transformers import PreTrainedModel
 
 from service.explain.attention_rows import ROWS, AttentionMode
@@ -114,6 +116,31 @@ def layer_checkpoints(model: PreTrainedModel, checkpoint: Checkpoint) -> Iterato
 
 
 @contextmanager
+def recomputed_layers(model: PreTrainedModel, enabled: bool) -> Iterator[None]:
+    """Gradient checkpointing inside the block: each decoder layer's forward keeps only its inputs for the
+    backward pass and runs again there (``torch.utils.checkpoint``, non-reentrant: it composes with batched
+    vector-Jacobian products). Our layer hooks run once, on the first forward."""
+    layers = decoder_layers(model) if enabled else []
+
+    def wrapped(forward: Any) -> Any:
+        @functools.wraps(forward)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            if is_paused(model) or not torch.is_grad_enabled():  # serving's decode steps, no-grad passes
+                return forward(*args, **kwargs)
+            return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+        return run
+
+    for layer in layers:
+        layer.forward = wrapped(layer.forward)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward  # the instance attribute; the class's forward shows again
+
+
+@contextmanager
 def serving_state(model: PreTrainedModel, implementation: str) -> Iterator[None]:
     """The model as serving uses it (its own attention, our hooks idle), inside an explanation's pause."""
     current = attention_implementation(model)
@@ -129,7 +156,9 @@ def serving_state(model: PreTrainedModel, implementation: str) -> Iterator[None]
 
 
 @contextmanager
-def explaining(model: PreTrainedModel, *, attention: AttentionMode, checkpoint: Checkpoint) -> Iterator[None]:
+def explaining(
+    model: PreTrainedModel, *, attention: AttentionMode, checkpoint: Checkpoint, recompute: bool = False
+) -> Iterator[None]:
     """Everything an explanation changes on the model, undone on every path (errors included); between
     units, ``checkpoint`` may run other requests' decode steps in the model's serving state."""
     was_training = model.training
@@ -142,6 +171,7 @@ def explaining(model: PreTrainedModel, *, attention: AttentionMode, checkpoint: 
             stack.enter_context(implementation(model, implementation_for(model, attention)))
             stack.enter_context(input_gradients(model))
             stack.enter_context(layer_checkpoints(model, checkpoint))
+            stack.enter_context(recomputed_layers(model, recompute))
             yield
     finally:
         checkpoint.pause = previous_pause

@@ -39,6 +39,9 @@ class Task:
     pad_id: int | None = None  # for the `pad` integrated-gradients baseline
     methods: dict[str, Any] = field(default_factory=dict)  # method name -> its options (pydantic model)
     chunks: Chunks = field(default_factory=Chunks)
+    #: Recompute decoder layers in backward passes (gradient checkpointing): chosen by the planner when only
+    #: that brings the estimated peak under the memory budget; results are the same.
+    recompute: bool = False
     evaluate: Any = None  # faithfulness.FaithfulnessParams: re-score the answer with units deleted
     stability: Any = None  # stability.StabilityParams: re-explain under small perturbations
 

@@ -323,28 +323,44 @@ def make_plan(
     dims = costs.ModelDims.of(facts)
     eager = attention_mode([registry.get(n) for n in options.methods], facts) == "full"
     gradients = any(registry.get(n).needs_gradients for n in options.methods)
-    total = costs.forward_cost(shape, dims, gradients=gradients, eager=eager)
-    if gradients:
-        total = total + shared_gradient_cost(shape, dims, eager=eager)
-    for name in options.methods:
-        total = total + registry.get(name).cost(shape, dims, methods[name])
     evaluate = None
     if options.evaluate is not None and options.evaluate.faithfulness is not None:
         f = options.evaluate.faithfulness
         evaluate = FaithfulnessParams(tuple(f.k), f.random, f.seed, options.aggregation)
-        total = total + costs.faithfulness_cost(shape, dims, planned_inputs(evaluate, methods, sequence_units))
     stable = None
     if options.evaluate is not None and options.evaluate.stability is not None:
         st = options.evaluate.stability
         stable = StabilityParams(
             st.perturbations, st.kind, st.fraction, st.k, st.seed, st.regenerate, options.aggregation
         )
-        # every method again per perturbation, and a greedy generation of the answer's length per input
-        regenerate = (st.perturbations + 1) * (p + 2 * len(answer.ids)) if st.regenerate else 0
-        total = costs.Cost(work=total.work * (1 + st.perturbations) + regenerate, memory=total.memory)
+
     budget = settings.explain_memory_mb * 2**20
-    chunks = costs.plan_chunks(shape, dims, budget, eager=eager, ig="integrated_gradients" in options.methods)
-    chunks = _time_chunks(Chunks(*(max(1, size) for size in dataclasses.astuple(chunks))), shape, speed)
+
+    def estimate(dims: costs.ModelDims) -> tuple[costs.Cost, Chunks]:
+        total = costs.forward_cost(shape, dims, gradients=gradients, eager=eager)
+        if gradients:
+            total = total + shared_gradient_cost(shape, dims, eager=eager)
+        for name in options.methods:
+            total = total + registry.get(name).cost(shape, dims, methods[name])
+        if evaluate is not None:
+            total = total + costs.faithfulness_cost(shape, dims, planned_inputs(evaluate, methods, sequence_units))
+        if stable is not None:
+            # every method again per perturbation, and a greedy generation of the answer's length per input
+            regenerate = (stable.perturbations + 1) * (p + 2 * len(answer.ids)) if stable.regenerate else 0
+            total = costs.Cost(work=total.work * (1 + stable.perturbations) + regenerate, memory=total.memory)
+        chunks = costs.plan_chunks(shape, dims, budget, eager=eager, ig="integrated_gradients" in options.methods)
+        chunks = Chunks(*(max(1, size) for size in dataclasses.astuple(chunks)))
+        if dims.recompute:  # every backward pass runs the layers' forward again
+            total = costs.Cost(total.work + costs.recompute_work(shape, chunks), total.memory)
+        return total, chunks
+
+    total, chunks = estimate(dims)
+    recompute = False
+    if gradients and total.memory > budget:  # gradient checkpointing, when only it brings the peak under budget
+        lighter, lighter_chunks = estimate(dataclasses.replace(dims, recompute=True))
+        if lighter.memory <= budget:
+            total, chunks, recompute = lighter, lighter_chunks, True
+    chunks = _time_chunks(chunks, shape, speed)
     costs.check(total, costs.Limits(settings.explain_max_work, budget))
     values = _values(options, facts, len(rows), len(units), sequence_units)
     if values > settings.explain_max_values:
@@ -369,6 +385,7 @@ def make_plan(
         pad_id=pad_id,
         methods=methods,
         chunks=chunks,
+        recompute=recompute,
         evaluate=evaluate,
         stability=stable,
     )
