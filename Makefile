@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.glassbox-installed
 TORCH_INDEX_ARGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: setup browser serve test pytest test-fast lint format bench-explain bench-methods bench-faithfulness bench-ig bench-answers bench-cache bench-serve loadtest check-deploy clean
+.PHONY: setup browser serve test pytest test-fast lint format bench-explain bench-methods bench-faithfulness bench-ig bench-long bench-answers bench-cache bench-serve loadtest check-deploy clean
 
 setup: $(STAMP)
 
@@ -60,6 +60,10 @@ bench-methods: $(STAMP)
 
 bench-faithfulness: $(STAMP)
 	PYTHONPATH=. $(BIN)/python bench/bench_faithfulness.py
+
+# Long prompts (1k-8k tokens): time, peak RSS and the cost model's memory next to a bare SDPA floor (issue 17).
+bench-long: $(STAMP)
+	PYTHONPATH=. $(BIN)/python bench/bench_long.py
 
 bench-answers: $(STAMP)
 	PYTHONPATH=. $(BIN)/python bench/bench_answers.py
