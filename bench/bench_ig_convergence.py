@@ -6,6 +6,9 @@ service makes, then the engine) with ``integrated_gradients`` alone, and the met
 is read back: the relative completeness gap |Σ scores − (f(x) − f(b))| / max(|f(x) − f(b)|, 1e-3) of the
 whole answer (sequence scope, log-probability of the span) and, with ``--rows``, of every answer token's row.
 The table gives the median gap over the prompts (and over their rows) and how many would warn (gap > 5%).
+Every baseline runs twice: with the first position held at its embedding (the default, ``keep_first``) and
+with it moving too (``+first``): the first token is the model's attention sink, and moving it is what makes
+the path rough.
 
     PYTHONPATH=. .venv/bin/python bench/bench_ig_convergence.py [--prompts 4] [--steps 8 16] [--rows]
 """
@@ -46,6 +49,8 @@ PROMPTS = [
     "Hamlet was written by",
 ]
 BASELINES = ("zero", "pad", "mean")
+#: Each baseline with the first position held (the default, `keep_first`) and moved too (`+first`).
+PATHS = [b + suffix for b in BASELINES for suffix in ("", "+first")]
 RULES = ("riemann_trapezoid", "gausslegendre")
 
 
@@ -89,14 +94,14 @@ def main() -> None:
     row_gaps: dict[tuple[str, str, int], list[float]] = {}
     seconds: dict[tuple[str, str, int], float] = {}
     started = time.perf_counter()
-    for baseline in BASELINES:
+    for baseline, keep_first in [(b, k) for b in BASELINES for k in (True, False)]:
         for rule in RULES:
             for steps in args.steps:
-                key = (baseline, rule, steps)
+                key = (baseline + ("" if keep_first else "+first"), rule, steps)
                 span_gaps[key], row_gaps[key] = [], []
                 began = time.perf_counter()
                 for task in tasks:
-                    params = IntegratedGradientsParams(n_steps=steps, baseline=baseline, rule=rule)
+                    params = IntegratedGradientsParams(steps, baseline, rule, keep_first)
                     run = dataclasses.replace(task, methods={"integrated_gradients": params})
                     report: dict[str, Any] = (
                         explain(lm.model, run).outputs["integrated_gradients"].params["convergence"]
@@ -104,13 +109,13 @@ def main() -> None:
                     span_gaps[key].append(_gap(report["sequence"]["gap"]))
                     row_gaps[key].extend(_gap(r["gap"]) for r in report["rows"])
                 seconds[key] = time.perf_counter() - began
-                log(f"{baseline:5} {rule:17} {steps:3} steps: median gap {statistics.median(span_gaps[key]):.3f}")
+                log(f"{key[0]:11} {rule:17} {steps:3} steps: median gap {statistics.median(span_gaps[key]):.3f}")
     print(f"\n{len(tasks)} prompts, {time.perf_counter() - started:.0f} s in all\n")
     header = "| baseline | rule | " + " | ".join(f"{s} steps" for s in args.steps) + " |"
     print("Median relative completeness gap of the whole answer (sequence scope); in brackets, prompts over 5%:\n")
     print(header)
     print("|" + "---|" * (2 + len(args.steps)))
-    for baseline in BASELINES:
+    for baseline in PATHS:
         for rule in RULES:
             cells = []
             for steps in args.steps:
@@ -121,14 +126,14 @@ def main() -> None:
         print("\nMedian relative completeness gap over every answer token's row (tokens scope):\n")
         print(header)
         print("|" + "---|" * (2 + len(args.steps)))
-        for baseline in BASELINES:
+        for baseline in PATHS:
             for rule in RULES:
                 cells = [f"{statistics.median(row_gaps[(baseline, rule, s)]):.1%}" for s in args.steps]
                 print(f"| `{baseline}` | `{rule}` | " + " | ".join(cells) + " |")
     print("\nSeconds per configuration (all prompts), as a ratio to `zero`/`gausslegendre` at the same steps:")
     for steps in args.steps:
         base = seconds[("zero", "gausslegendre", steps)]
-        ratios = ", ".join(f"{b}/{r}: {seconds[(b, r, steps)] / base:.2f}" for b in BASELINES for r in RULES)
+        ratios = ", ".join(f"{b}/{r}: {seconds[(b, r, steps)] / base:.2f}" for b in PATHS for r in RULES)
         print(f"  {steps} steps ({base:.1f} s): {ratios}")
 
 

@@ -72,6 +72,11 @@ class IntegratedGradientsOptions(_Strict):
     rule: Literal["gausslegendre", "riemann_trapezoid", "riemann_middle"] = Field(
         "gausslegendre", description="Quadrature rule over the path (Captum's names)."
     )
+    keep_first: bool = Field(
+        True,
+        description="Hold the sequence's first token at its embedding along the path (its score is then 0): "
+        "it is the model's attention sink, and moving it makes the path too rough to converge (README).",
+    )
 
     @model_validator(mode="after")
     def _trapezoid_needs_two(self) -> IntegratedGradientsOptions:

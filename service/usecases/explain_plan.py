@@ -66,7 +66,7 @@ def engine_options(options: ExplainOptions, name: str) -> Any:
         return RolloutParams(ro.residual, tuple(ro.layers) if ro.layers is not None else None)
     if name == "integrated_gradients":
         ig = options.integrated_gradients
-        return IntegratedGradientsParams(ig.n_steps, ig.baseline, ig.rule)
+        return IntegratedGradientsParams(ig.n_steps, ig.baseline, ig.rule, ig.keep_first)
     if name == "logit_lens":
         return LogitLensParams(options.logit_lens.top_k)
     if name == "occlusion":

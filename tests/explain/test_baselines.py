@@ -104,7 +104,9 @@ def _module_baseline(model: torch.nn.Module, kind: str, length: int) -> torch.Te
 def test_ig_on_gemma_matches_captum_from_the_module_baseline(gemma, ids, kind):
     """The engine's rows equal Captum's with the baseline built from the module's output (raw weight rows
     would be √d = 4 times smaller)."""
-    task = make_task(ids, {"integrated_gradients": IntegratedGradientsParams(8, kind, "gausslegendre")}, pad_id=PAD)
+    task = make_task(
+        ids, {"integrated_gradients": IntegratedGradientsParams(8, kind, "gausslegendre", keep_first=False)}, pad_id=PAD
+    )
     out = explain(gemma, task).outputs["integrated_gradients"]
     x = oracle.embeds(gemma, ids)
     base = _module_baseline(gemma, kind, len(ids))
@@ -116,7 +118,11 @@ def test_ig_on_gemma_matches_captum_from_the_module_baseline(gemma, ids, kind):
 @pytest.mark.parametrize("kind", ["pad", "mean"])
 def test_ig_on_gemma_is_complete_towards_the_module_baseline(gemma, ids, kind):
     """Scores sum to f(x) − f(module baseline) within 1% (a path of 32 steps)."""
-    task = make_task(ids, {"integrated_gradients": IntegratedGradientsParams(32, kind, "gausslegendre")}, pad_id=PAD)
+    task = make_task(
+        ids,
+        {"integrated_gradients": IntegratedGradientsParams(32, kind, "gausslegendre", keep_first=False)},
+        pad_id=PAD,
+    )
     out = explain(gemma, task).outputs["integrated_gradients"]
     x = oracle.embeds(gemma, ids)
     base = _module_baseline(gemma, kind, len(ids))

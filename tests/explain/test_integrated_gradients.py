@@ -13,8 +13,10 @@ from tests.explain import oracle
 from tests.explain.conftest import make_task
 
 
-def _ig(n_steps: int = 8, rule: str = "gausslegendre", baseline: str = "zero") -> dict:
-    return {"integrated_gradients": IntegratedGradientsParams(n_steps=n_steps, rule=rule, baseline=baseline)}
+def _ig(n_steps: int = 8, rule: str = "gausslegendre", baseline: str = "zero", keep_first: bool = False) -> dict:
+    """Every position on the path by default (Captum's path); the service's default holds the first one."""
+    params = IntegratedGradientsParams(n_steps=n_steps, rule=rule, baseline=baseline, keep_first=keep_first)
+    return {"integrated_gradients": params}
 
 
 def _baseline(model, ids, kind: str, pad_id: int) -> torch.Tensor:
@@ -42,6 +44,29 @@ def test_ig_rows_match_captum(model, ids, rule, baseline):
     for i, t in enumerate(task.rows):
         reference = oracle.integrated_gradients(oracle.token_fn(model, ids, t), x, base, 6, rule) * scale
         np.testing.assert_allclose(out.tokens[i], reference.numpy(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("baseline", ["zero", "pad"])
+def test_keep_first_holds_the_sink_at_its_embedding(model, ids, baseline):
+    """The default path holds position 0 at its embedding: Captum with that position's baseline set to the
+    input agrees, its score is exactly 0, the response names it, and completeness holds towards that
+    baseline."""
+    task = make_task(ids, _ig(32, "gausslegendre", baseline, keep_first=True), pad_id=7)
+    out = explain(model, task).outputs["integrated_gradients"]
+    assert out.params["keep_first"] is True and out.params["held_positions"] == [0]
+    x = oracle.embeds(model, ids)
+    base = _baseline(model, ids, baseline, 7).clone()
+    base[:, 0] = x[:, 0]
+    t = task.rows[-1]
+    reference = oracle.integrated_gradients(oracle.token_fn(model, ids, t), x, base, 32, "gausslegendre")
+    np.testing.assert_allclose(out.tokens[-1], reference.numpy(), rtol=1e-5, atol=1e-7)
+    assert out.tokens[:, 0].tolist() == [0.0] * len(task.rows) and out.sequence[0] == 0
+    if baseline == "pad":
+        fn = oracle.token_fn(model, ids, t)
+        expected = oracle.value(fn, x) - oracle.value(fn, base)
+        assert abs(out.tokens[-1].sum() - expected) <= 0.01 * abs(expected)
+    moved = explain(model, make_task(ids, _ig(32, "gausslegendre", baseline), pad_id=7)).outputs
+    assert moved["integrated_gradients"].params["held_positions"] == [] and moved["integrated_gradients"].tokens[-1][0]
 
 
 def test_ig_sequence_matches_captum_with_the_span_fixed(model, ids):

@@ -81,7 +81,10 @@ def test_completeness_is_exact_on_a_linear_function(ids, rule, baseline):
     Captum's trapezoid, summing to (n−1)/n, would be 1/3 short here (3 steps)."""
     model = _Linear()
     task = make_task(
-        ids, {"integrated_gradients": IntegratedGradientsParams(3, baseline, rule)}, function="logit", pad_id=7
+        ids,
+        {"integrated_gradients": IntegratedGradientsParams(3, baseline, rule, keep_first=False)},
+        function="logit",
+        pad_id=7,
     )
     out = explain(model, task).outputs["integrated_gradients"]  # type: ignore[arg-type]
     x = model.embed(torch.tensor(ids))

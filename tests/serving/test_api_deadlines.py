@@ -55,9 +55,10 @@ def test_invalid_timeout_header_is_422(app_client: TestClient, value: str) -> No
 
 
 def test_stream_past_its_deadline_ends_with_a_timeout_error_event(serving_client: Callable[..., TestClient]) -> None:
-    client = serving_client(step_delay_s=0.02)
+    # 2 s: room for the first tokens on a busy machine; 200 tokens at >= 50 ms each cannot finish in it.
+    client = serving_client(step_delay_s=0.05)
     request = {**LONG, "stream": True}
-    with client.stream("POST", "/generate", json=request, headers={"X-Request-Timeout-Ms": "300"}) as response:
+    with client.stream("POST", "/generate", json=request, headers={"X-Request-Timeout-Ms": "2000"}) as response:
         assert response.status_code == 200
         raw = "".join(response.iter_text()).replace("\r\n", "\n")
     blocks = [block for block in raw.split("\n\n") if block.strip()]
