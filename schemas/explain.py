@@ -230,7 +230,9 @@ class EvaluateOptions(_Strict):
 
 
 def _default_methods() -> list[MethodName]:
-    return ["input_x_gradient"]
+    """Saliency: of the methods that cost one backward pass, the most faithful by `make bench-faithfulness`
+    (beats random deletion on 10 of 12 prompts; input × gradient, from the same pass, on 6)."""
+    return ["saliency"]
 
 
 def _default_scope() -> list[Scope]:

@@ -76,7 +76,10 @@ class Settings(BaseSettings):
 
     # --- explain (owned by the explain work) ---
     explain_max_tokens: int = Field(
-        2048, ge=16, description="/explain: upper bound on prompt + answer tokens of one explanation."
+        8192,
+        ge=16,
+        description="/explain: upper bound on prompt + answer tokens of one explanation (the default model's "
+        "whole context; memory is bounded by explain_memory_mb, which refuses up front what cannot fit).",
     )
     explain_max_targets: int = Field(256, ge=1, description="/explain: upper bound on explained answer tokens.")
     explain_max_steps: int = Field(128, ge=1, description="/explain: upper bound on integrated-gradients steps.")

@@ -2,7 +2,7 @@
 
 from service.client import Client
 ex = Client("http://127.0.0.1:8000").explain(messages=[{"role": "user", "content": "Capital of France?"}])
-ex.top_sources(3); ex.methods["input_x_gradient"].tokens.to_numpy(); ex  # a heatmap in Jupyter
+ex.top_sources(3); ex.methods["saliency"].tokens.to_numpy(); ex  # a heatmap in Jupyter
 """
 
 from service.client.aio import AsyncClient

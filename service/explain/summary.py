@@ -27,17 +27,19 @@ import numpy as np
 
 from service.explain.units import Unit
 
-#: Which method speaks for the summary when several ran (most faithful first).
+#: Which method speaks for the summary when several ran: most faithful first, by the share of prompts where
+#: it beats random deletion at 20 %, then comprehensiveness, in `make bench-faithfulness` (12 prompts on the
+#: default model; README "How faithful, how costly").
 PREFERENCE = (
     "shapley",
     "context_attribution",
-    "integrated_gradients",
     "occlusion",
-    "input_x_gradient",
     "saliency",
     "attention_gradient",
-    "attention_rollout",
     "attention",
+    "integrated_gradients",
+    "input_x_gradient",
+    "attention_rollout",
 )
 LABELS = {
     "shapley": "Shapley values",

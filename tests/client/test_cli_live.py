@@ -89,8 +89,8 @@ def test_cli_explain_prints_the_answer_and_the_strongest_source(server: str, tmp
 
 def test_cli_explain_json_is_the_response(server: str) -> None:
     out = glassbox("explain", QUESTION, "--max-new-tokens", "12", "--json", url=server).stdout
-    body = json.loads(out)
-    assert "Paris" in body["text"] and body["methods"]["input_x_gradient"]["sequence"]["dims"] == ["source"]
+    body = json.loads(out)  # the default method: saliency
+    assert "Paris" in body["text"] and body["methods"]["saliency"]["sequence"]["dims"] == ["source"]
 
 
 def test_cli_generate(server: str) -> None:
@@ -139,7 +139,7 @@ def test_cli_explain_batch_records_errors_and_resumes_without_redoing_rows(serve
     assert sorted(r["id"] for r in rows) == sorted([f"q{i}" for i in range(20) if i != 7] + ["bad"])
     [bad] = [r for r in rows if not r["ok"]]
     assert bad["id"] == "bad" and bad["error"]["param"] == "messages" and bad["error"]["message"]
-    assert all(r["ok"] and r["response"]["methods"]["input_x_gradient"]["sequence"] for r in rows if r["id"] != "bad")
+    assert all(r["ok"] and r["response"]["methods"]["saliency"]["sequence"] for r in rows if r["id"] != "bad")
     # Each of the 19 good rows was explained once; the only repeats are rows in flight when the first run
     # stopped (at most --concurrency = 2), which the server finished (then a cache hit, or joined in flight).
     sent_total = requests_count(server, "/explain") - before

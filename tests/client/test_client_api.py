@@ -253,13 +253,14 @@ def _sse(events: list[tuple[str, Any]]) -> bytes:
 
 def _recorded_stream(body: bytes, error: bool = False) -> bytes:
     done = json.loads(body)
-    tokens = done["methods"]["input_x_gradient"]["tokens"]
+    method = next(iter(done["methods"]))  # the default method's rows
+    tokens = done["methods"][method]["tokens"]
     events: list[tuple[str, Any]] = [
         ("progress", {"done": 1, "total": 3, "elapsed_s": 0.1, "eta_s": 0.2, "phase": "forward"}),
     ]
     for r, target in enumerate(done["rows"]):
         scores = {"dims": ["source"], "shape": tokens["shape"][-1:], "encoding": "json", "data": tokens["data"][r]}
-        events.append(("row", {"method": "input_x_gradient", "row": r, "target": target, "scores": scores}))
+        events.append(("row", {"method": method, "row": r, "target": target, "scores": scores}))
     events.append(("progress", {"done": 3, "total": 3, "elapsed_s": 0.3, "eta_s": 0.0, "phase": "gradients"}))
     if error:
         events.append(("error", {"error": {"message": "deadline", "type": "timeout", "param": None, "code": None}}))

@@ -92,6 +92,7 @@ def test_api_contrast_rows_and_size(client, lm):
 def test_api_contrast_rows_before_the_divergence_score_zero(client):
     target, foil = "The capital is Paris.", "The capital is Lyon."
     body = {"messages": CHAT, "target": target, "contrast": foil, "scope": ["tokens"], "precision": None}
+    body["methods"] = ["input_x_gradient"]
     out = client.post("/explain", json=body).json()
     d = out["attributed"]["contrast_size"]["divergence"]
     assert d is not None and d > 0 and out["rows"] == list(range(d + 1))
