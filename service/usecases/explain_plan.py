@@ -308,6 +308,7 @@ def make_plan(
         methods["context_attribution"] = dataclasses.replace(methods["context_attribution"], sentences=sentences)
     for name in options.methods:
         registry.get(name).validate(facts, methods[name])
+    gradients = any(registry.get(n).needs_gradients for n in options.methods)
     shape = costs.Shape(
         seq_len=length,
         answer_len=len(answer.ids),
@@ -319,10 +320,10 @@ def make_plan(
         contrast_len=len(contrast.ids) if contrast is not None and "sequence" in options.scope else 0,
         tokens_scope="tokens" in options.scope,
         sequence_scope="sequence" in options.scope,
+        gradients=gradients,
     )
     dims = costs.ModelDims.of(facts)
     eager = attention_mode([registry.get(n) for n in options.methods], facts) == "full"
-    gradients = any(registry.get(n).needs_gradients for n in options.methods)
     evaluate = None
     if options.evaluate is not None and options.evaluate.faithfulness is not None:
         f = options.evaluate.faithfulness

@@ -104,3 +104,21 @@ def test_planner_recomputes_only_when_needed_and_refuses_what_never_fits(default
     with pytest.raises(BudgetExceeded) as refused:
         plan_for(lm, below, prompt, answer, None, options)
     assert refused.value.code == "explain_memory_mb"
+
+
+def test_attention_alone_at_the_full_context_is_not_charged_a_backward_graph(default_lm, default_settings):
+    """Attention alone keeps no graph: at ~8k tokens the plan fits in 3 GiB (measured by make bench-long:
+    ~2.3 GB of activations, linear in length), while the same request with saliency needs checkpointing
+    there or is refused."""
+    lm = default_lm
+    settings = default_settings.model_copy(update={"explain_max_tokens": 8192, "explain_memory_mb": 3072})
+    prompt, answer, _ = _request(lm, 2000)
+    assert 7000 < len(prompt) + len(answer.ids) <= 8192
+    alone = ExplainOptions.model_validate({"methods": ["attention"], "scope": ["tokens"]})
+    plan = plan_for(lm, settings, prompt, answer, None, alone)
+    assert not plan.task.recompute
+    both = ExplainOptions.model_validate({"methods": ["attention", "saliency"], "scope": ["tokens"]})
+    try:
+        assert plan_for(lm, settings, prompt, answer, None, both).task.recompute
+    except BudgetExceeded as refused:
+        assert refused.code == "explain_memory_mb"

@@ -9,7 +9,7 @@ import torch
 
 from service.errors import InvalidRequest
 from service.explain.context import Context
-from service.explain.cost import Cost, ModelDims, Shape
+from service.explain.cost import Cost, ModelDims, Shape, forward_bytes
 from service.explain.methods.base import SIGN_MAGNITUDE, Method, MethodOutput, register
 from service.explain.options import AttentionParams
 from service.models.facts import ModelFacts, facts_of
@@ -68,7 +68,8 @@ class AttentionMethod(Method):
 
     def cost(self, shape: Shape, dims: ModelDims, options: Any) -> Cost:
         weights = dims.attention_bytes(shape.seq_len)
-        return Cost(work=0, memory=dims.graph_bytes(1, shape.seq_len, shape.answer_len, True) + weights)
+        forward = forward_bytes(shape, dims, gradients=shape.gradients, eager=True)
+        return Cost(work=0, memory=forward + weights)
 
 
 @register
@@ -83,7 +84,9 @@ class Attention(AttentionMethod):
         # the explained rows only, recomputed beside the model's kernel: [H, Q, T] per attention layer
         queries = (shape.rows if shape.tokens_scope else 0) + (shape.span_len if shape.sequence_scope else 0)
         weights = dims.attending * dims.heads * queries * shape.seq_len * 4
-        return Cost(work=0, memory=dims.graph_bytes(1, shape.seq_len, shape.answer_len, False) + weights)
+        # beside the shared forward's peak: its graph only when another method needs a backward pass
+        forward = forward_bytes(shape, dims, gradients=shape.gradients, eager=False)
+        return Cost(work=0, memory=forward + weights)
 
     def validate(self, facts: ModelFacts, options: Any) -> None:
         opts: AttentionParams = options
