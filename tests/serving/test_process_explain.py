@@ -101,6 +101,64 @@ def test_explanation_past_its_deadline_is_a_504_and_frees_the_model(start_server
     assert nxt.json()["timings"]["queue_ms"] < 1000  # no leftover explanation work ahead of it
 
 
+#: The answer-checking features, each made long on the slowed tiny model: many re-generations, many
+#: perturbed re-explanations, or a long follow-up generation.
+CHECKING_BODIES: dict[str, dict[str, Any]] = {
+    "counterfactual": {
+        "methods": ["counterfactual"],
+        "granularity": "word",
+        "counterfactual": {"max_runs": 256, "max_units": 1000, "compare_tokens": 8},
+    },
+    "stability": {
+        "methods": ["integrated_gradients"],
+        "integrated_gradients": {"n_steps": 64},
+        "evaluate": {"stability": {"perturbations": 32, "regenerate": True}},
+    },
+    "self_explanation": {"methods": ["saliency"], "self_explanation": True, "self_explanation_tokens": 1024},
+}
+
+
+@pytest.mark.parametrize("feature", ["counterfactual", "stability"])
+def test_answer_checks_past_their_deadline_are_a_504_and_stop(
+    start_server: Callable[..., Server], feature: str
+) -> None:
+    """Counterfactual search, stability and self-explanation obey the deadline like any method: with the
+    estimate made 1,000× too optimistic (so nothing is refused up front) the request is answered 504 soon
+    after its deadline and its work stops."""
+    server = start_server(GLASSBOX_TEST_CALIBRATE_SLOWED="0", GLASSBOX_MAX_NEW_TOKENS_LIMIT="1024", **LIMITS)
+    body = {"prompt": LONG_PROMPT, "target": " Paris is the capital of France.", **CHECKING_BODIES[feature]}
+    sent = time.monotonic()
+    response = httpx.post(f"{server.url}/explain", json=body, headers={"X-Request-Timeout-Ms": "4000"}, timeout=60)
+    answered = time.monotonic() - sent
+    assert response.status_code == 504, response.text
+    assert answered < 14, f"answered after {answered:.1f} s"
+    wait_for(
+        lambda: server.metric("glassbox_work_stopped_total", model="tiny", kind="explanation", reason="timeout") == 1,
+        10,
+        "the explanation to stop",
+    )
+    wait_for(lambda: server.metric("glassbox_inflight_requests", model="tiny") == 0, 5, "the slot to be freed")
+
+
+@pytest.mark.parametrize("feature", sorted(CHECKING_BODIES))
+def test_answer_checks_stop_when_their_client_leaves(start_server: Callable[..., Server], feature: str) -> None:
+    """A long self-explanation is refused up front by any short deadline (its generation is estimated), so
+    every feature is also checked by its client leaving: the work stops and the slot is freed."""
+    server = start_server(GLASSBOX_MAX_NEW_TOKENS_LIMIT="1024", **LIMITS)
+    body = {"prompt": LONG_PROMPT, "target": " Paris is the capital of France.", **CHECKING_BODIES[feature]}
+    tokens_before = server.metric("glassbox_tokens_total", model="tiny", kind="completion")
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/explain", json=body, timeout=2.0)
+    wait_for(lambda: server.metric("glassbox_inflight_requests", model="tiny") == 0, 10, "the slot to be freed")
+    assert server.metric("glassbox_requests_total", endpoint="/explain", status="499") == 1
+    if feature == "self_explanation":  # the follow-up is a generation: it stopped long before its 1,024 tokens
+        generated = server.metric("glassbox_tokens_total", model="tiny", kind="completion") - tokens_before
+        assert generated < 1024
+    else:
+        stopped = server.metric("glassbox_work_stopped_total", model="tiny", kind="explanation", reason="cancelled")
+        assert stopped == 1
+
+
 def test_explanation_stops_when_its_client_leaves(start_server: Callable[..., Server]) -> None:
     server = start_server(**LIMITS)
     with pytest.raises(httpx.ReadTimeout):
