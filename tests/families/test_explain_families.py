@@ -186,7 +186,7 @@ def test_methods_match_transformers_references(
         family,
         methods,
         attention={"reduce_heads": "none", "reduce_layers": "none"},
-        integrated_gradients={"n_steps": IG_STEPS, "baseline": "zero"},
+        integrated_gradients={"n_steps": IG_STEPS, "baseline": "zero", "keep_first": False},  # the reference's path
     )
     assert response.status_code == 200, response.text
     body = response.json()

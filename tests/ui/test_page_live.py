@@ -117,20 +117,20 @@ def test_france_drives_paris_then_granularity_method_attention_keyboard(
     page.screenshot(path=str(tmp_path / "2-why-paris.png"), full_page=True)
 
     before = prompt_sources(page)
+    assert all(float(s["score"]) >= 0 for s in before)  # the default method, saliency: a magnitude
+    assert "magnitude" in (page.text_content("glassbox-explanation .legend") or "")
     page.select_option("#granularity", "sentence")
     idle(page)
     sentence = prompt_sources(page)
     assert [s["text"] for s in sentence] == [QUESTION]
     page.select_option("#granularity", "word")
-    page.select_option("#method", "saliency")
+    page.select_option("#method", "input_x_gradient")
     idle(page)
     after = prompt_sources(page)
     assert [s["text"] for s in after] == [s["text"] for s in before]
     assert [s["score"] for s in after] != [s["score"] for s in before]
-    assert all(float(s["score"]) >= 0 for s in after)  # a magnitude
-    assert "magnitude" in (page.text_content("glassbox-explanation .legend") or "")
-    assert strongest(page) == "France"
-    page.screenshot(path=str(tmp_path / "3-saliency.png"), full_page=True)
+    assert "magnitude" not in (page.text_content("glassbox-explanation .legend") or "")  # signed now
+    page.screenshot(path=str(tmp_path / "3-input-x-gradient.png"), full_page=True)
 
     # keyboard: Tab reaches the answer tokens (one tab stop), arrows move, Enter selects
     page.fill("#contrast", "")
