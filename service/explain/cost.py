@@ -156,18 +156,18 @@ def plan_chunks(shape: Shape, dims: ModelDims, memory_bytes: int, *, eager: bool
     return Chunks(targets=targets, steps=steps, sequences=sequences, ig_targets=ig_targets)
 
 
-def forward_cost(shape: Shape, dims: ModelDims, *, gradients: bool, eager: bool) -> Cost:
+def forward_cost(shape: Shape, dims: ModelDims, *, eager: bool) -> Cost:
     """The shared forward: its graph is kept only when gradients are needed; with a sequence-scope contrast, one
     more forward (no graph) over the contrast sequence gives the contrast's size."""
     contrast = shape.contrast_seq_len if shape.contrast_len else 0
-    return Cost(work=shape.seq_len + contrast, memory=forward_bytes(shape, dims, gradients=gradients, eager=eager))
+    return Cost(work=shape.seq_len + contrast, memory=forward_bytes(shape, dims, eager=eager))
 
 
-def forward_bytes(shape: Shape, dims: ModelDims, *, gradients: bool, eager: bool) -> int:
+def forward_bytes(shape: Shape, dims: ModelDims, *, eager: bool) -> int:
     """Peak of the shared forward: its whole graph when a backward pass follows, else about a quarter of it
     (no graph: a few layers' transients, the kept logits)."""
     graph = dims.graph_bytes(1, shape.seq_len, shape.answer_len, eager)
-    return graph if gradients else graph // 4
+    return graph if shape.gradients else graph // 4
 
 
 def recompute_work(shape: Shape, chunks: Chunks) -> int:

@@ -338,7 +338,7 @@ def make_plan(
     budget = settings.explain_memory_mb * 2**20
 
     def estimate(dims: costs.ModelDims) -> tuple[costs.Cost, Chunks]:
-        total = costs.forward_cost(shape, dims, gradients=gradients, eager=eager)
+        total = costs.forward_cost(shape, dims, eager=eager)
         if gradients:
             total = total + shared_gradient_cost(shape, dims, eager=eager)
         for name in options.methods:

@@ -68,7 +68,7 @@ class AttentionMethod(Method):
 
     def cost(self, shape: Shape, dims: ModelDims, options: Any) -> Cost:
         weights = dims.attention_bytes(shape.seq_len)
-        forward = forward_bytes(shape, dims, gradients=shape.gradients, eager=True)
+        forward = forward_bytes(shape, dims, eager=True)
         return Cost(work=0, memory=forward + weights)
 
 
@@ -85,7 +85,7 @@ class Attention(AttentionMethod):
         queries = (shape.rows if shape.tokens_scope else 0) + (shape.span_len if shape.sequence_scope else 0)
         weights = dims.attending * dims.heads * queries * shape.seq_len * 4
         # beside the shared forward's peak: its graph only when another method needs a backward pass
-        forward = forward_bytes(shape, dims, gradients=shape.gradients, eager=False)
+        forward = forward_bytes(shape, dims, eager=False)
         return Cost(work=0, memory=forward + weights)
 
     def validate(self, facts: ModelFacts, options: Any) -> None:
